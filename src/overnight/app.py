@@ -1,0 +1,58 @@
+"""The composition root: ``build_services(settings)`` builds everything once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overnight.blobs.local import LocalBlobStore
+from overnight.catalog import ModelCatalog
+from overnight.config import Settings
+from overnight.engine.pool import BackendPool
+from overnight.engine.worker import Worker, WorkerScope
+from overnight.errors import ConfigError
+from overnight.services.batches import BatchService
+from overnight.services.files import FileService
+from overnight.store.sql import SqlStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: SqlStore
+    blobs: LocalBlobStore
+    catalog: ModelCatalog
+    pool: BackendPool
+    files: FileService
+    batches: BatchService
+
+    def worker(self, scope: WorkerScope | None = None, **kwargs: object) -> Worker:
+        """A worker over this process's store, blobs and started backends."""
+        return Worker(
+            store=self.store,
+            blobs=self.blobs,
+            pool=self.pool,
+            settings=self.settings.engine,
+            scope=scope or WorkerScope(),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.store.close()
+
+
+async def build_services(settings: Settings) -> Services:
+    """Open the store (applying migrations), the blob store, and wire the services."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data_dir {settings.data_dir}: {exc.strerror}") from None
+    catalog = ModelCatalog(settings)
+    store = await SqlStore.open(settings.resolved_database_url)
+    blobs = LocalBlobStore(settings.resolved_blob_dir)
+    pool = BackendPool(catalog, settings.resolved_model_cache_dir)
+    files = FileService(store, blobs, retention_s=None)
+    batches = BatchService(
+        store, blobs, catalog, files, expiry_s=settings.engine.batch_expiry_hours * 3600
+    )
+    return Services(settings, store, blobs, catalog, pool, files, batches)

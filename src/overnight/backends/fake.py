@@ -1,0 +1,114 @@
+"""A fast deterministic backend for engine tests and benchmarks.
+
+It "generates" by echoing the last user turn, one token per word, and "embeds" by
+hashing words into a small unit vector. It honours maxOutputTokens, stopSequences,
+candidateCount and seed, so engine tests can check every path without a model.
+
+Options (``[models.NAME] options = {...}``):
+- ``latency_s``: seconds each call sleeps (simulates a model), default 0.
+- ``fail_marker``: a request whose text contains it is rejected (an error line).
+- ``dimensions``: embedding size, default 8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from overnight.backends.base import (
+    Capabilities,
+    EmbedOutcome,
+    GenerateOutcome,
+    prompt_text,
+)
+from overnight.domain.requests import EmbedRequest, GenerateRequest
+from overnight.domain.results import Candidate, EmbedResult, GenerateResult
+from overnight.errors import RequestRejected
+
+
+class FakeBackend:
+    """Deterministic, instant (unless ``latency_s``), dependency-free."""
+
+    def __init__(self, model_name: str, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        self.latency_s = float(options.get("latency_s", 0.0))
+        self.fail_marker: str | None = options.get("fail_marker")
+        self.dimensions = int(options.get("dimensions", 8))
+        self.calls = 0
+        self.capabilities = Capabilities(
+            model_version=model_name,
+            generate=True,
+            embed=True,
+            max_batch_size=int(options.get("max_batch_size", 64)),
+            max_candidates=4,
+            embedding_dimensions=self.dimensions,
+        )
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def _pause(self) -> None:
+        self.calls += 1
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateOutcome]:
+        await self._pause()
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, request: GenerateRequest) -> GenerateOutcome:
+        text = prompt_text(request)
+        if self.fail_marker and self.fail_marker in text:
+            return RequestRejected(f"request contains the fail marker {self.fail_marker!r}")
+        config = request.config
+        last = request.contents[-1].text
+        words = ["echo:", *last.split()]
+        candidates = []
+        for i in range(config.candidate_count or 1):
+            out = list(words)
+            if config.seed is not None and (config.temperature or 0) > 0:
+                out.append(f"#{(config.seed + i) % 1000}")
+            elif i:
+                out.append(f"#{i}")
+            reason = "STOP"
+            limit = config.max_output_tokens
+            if limit is not None and len(out) > limit:
+                out, reason = out[:limit], "MAX_TOKENS"
+            answer = " ".join(out)
+            for stop in config.stop_sequences or ():
+                cut = answer.find(stop)
+                if cut >= 0:
+                    answer, reason = answer[:cut], "STOP"
+            candidates.append(Candidate(answer, reason, len(answer.split())))
+        return GenerateResult(
+            candidates=candidates,
+            prompt_tokens=len(text.split()),
+            model_version=self.capabilities.model_version,
+        )
+
+    async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
+        await self._pause()
+        return [self._embed_one(r) for r in requests]
+
+    def _embed_one(self, request: EmbedRequest) -> EmbedOutcome:
+        text = request.content.text
+        if self.fail_marker and self.fail_marker in text:
+            return RequestRejected(f"request contains the fail marker {self.fail_marker!r}")
+        vector = [0.0] * self.dimensions
+        for word in text.split():
+            digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+            vector[int.from_bytes(digest, "little") % self.dimensions] += 1.0
+        dims = request.output_dimensionality or self.dimensions
+        vector = vector[:dims]
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return EmbedResult(
+            values=[v / norm for v in vector],
+            token_count=len(text.split()),
+            model_version=self.capabilities.model_version,
+        )

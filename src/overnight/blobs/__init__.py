@@ -1,0 +1,1 @@
+"""Blob store: the bytes of input files, shard outputs and result files."""

@@ -1,0 +1,109 @@
+"""Blobs as files in a local directory.
+
+Atomicity: a writer writes ``<key>.tmp-<random>`` beside its target, fsyncs it and
+renames it over the key, so a crash leaves either the old blob or the new one, never
+a torn file. Stale temporaries from crashed writers are harmless and swept by
+``sweep_temporaries``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from overnight.errors import BlobError
+
+TMP_MARK = ".tmp-"
+
+
+class LocalBlobWriter:
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = target.with_name(f"{target.name}{TMP_MARK}{secrets.token_hex(6)}")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+        return len(data)
+
+    def commit(self) -> tuple[int, str]:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self._target)
+        return self._size, self._hash.hexdigest()
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalBlobWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None or not self._file.closed:
+            self.abort()
+
+
+class LocalBlobStore:
+    """A directory of blobs. Keys are relative POSIX paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BlobError(f"cannot create blob directory {root}: {exc.strerror}") from None
+
+    def path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise BlobError(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def open_write(self, key: str) -> LocalBlobWriter:
+        return LocalBlobWriter(self.path(key))
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb")
+        except FileNotFoundError:
+            raise BlobError(f"blob {key} is missing from {self.root}") from None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with self.open_read(key) as f:
+            f.seek(start)
+            data = f.read(end - start)
+        if len(data) != end - start:
+            raise BlobError(f"blob {key} is shorter than expected (wanted bytes {start}-{end})")
+        return data
+
+    def size(self, key: str) -> int:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            raise BlobError(f"blob {key} is missing from {self.root}") from None
+
+    def delete(self, key: str) -> None:
+        target = self.path(key.rstrip("/"))
+        if key.endswith("/"):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+    def sweep_temporaries(self) -> int:
+        """Remove temporaries left by crashed writers; returns how many."""
+        removed = 0
+        for tmp in self.root.rglob(f"*{TMP_MARK}*"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed

@@ -1,0 +1,168 @@
+"""``overnight``: the command line entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from overnight import __version__
+from overnight.config import Settings, load_settings
+from overnight.domain.batches import BatchKind
+from overnight.errors import OvernightError
+
+app = typer.Typer(
+    name="overnight",
+    help="Overnight: a self-hosted Batch Mode for language models (Gemini batch API compatible).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        "-d",
+        help="Data directory (database, blobs, model cache). "
+        "Default: $OVERNIGHT_DATA_DIR or ~/.local/share/overnight.",
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Settings file (TOML). Default: $OVERNIGHT_CONFIG or ./overnight.toml.",
+    ),
+]
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = str(data_dir)
+    return load_settings(config, overrides=overrides)
+
+
+def _fail(exc: OvernightError, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    input: Annotated[Path, typer.Argument(help='JSONL file: one {"key", "request"} per line.')],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the results JSONL.")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model name or alias (see `overnight models`). "
+            "Default: smollm2-135m-instruct, or all-minilm-l6-v2 with --kind embed.",
+        ),
+    ] = None,
+    kind: Annotated[
+        BatchKind | None,
+        typer.Option("--kind", "-k", help="generate or embed. Default: inferred from the model."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard an earlier run of this input and start over.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Process a JSONL batch locally and write keyed results to OUTPUT.
+
+    Resumable: after Ctrl-C or a crash, run the same command again and it continues
+    where it stopped, without redoing finished shards.
+    """
+    from overnight.app import build_services
+    from overnight.cli.run import RunRequest, print_summary, run_file
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    request = RunRequest(input, output, model, kind, restart, show_progress=not quiet)
+
+    async def main() -> None:
+        services = await build_services(_settings(config, data_dir))
+        try:
+            summary = await run_file(services, request, console)
+        finally:
+            await services.close()
+        print_summary(console, summary)
+
+    try:
+        asyncio.run(main())
+    except OvernightError as exc:
+        raise _fail(exc, 1) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]Interrupted.[/] Finished shards are saved; run the same command again to resume."
+        )
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def models(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """List the configured models and the aliases that map names onto them."""
+    from overnight.catalog import ModelCatalog
+
+    try:
+        catalog = ModelCatalog(_settings(config, data_dir))
+    except OvernightError as exc:
+        raise _fail(exc) from None
+    out = Console()
+    table = Table(title="Models")
+    for col in ("name", "backend", "batch kinds", "description"):
+        table.add_column(col)
+    for name, entry in sorted(catalog.models.items()):
+        kinds = ", ".join(sorted(k.value for k in catalog.resolve(name).kinds))
+        table.add_row(name, entry.backend, kinds, entry.description)
+    out.print(table)
+    aliases = Table(title="Aliases (most specific pattern wins)")
+    aliases.add_column("pattern")
+    aliases.add_column("model")
+    for pattern, target in sorted(catalog.aliases.items()):
+        aliases.add_row(pattern, target)
+    out.print(aliases)
+
+
+@app.command()
+def show(
+    results: Annotated[Path, typer.Argument(help="A results JSONL file (from `overnight run`).")],
+    width: Annotated[int, typer.Option(help="Characters of text shown per result.")] = 400,
+) -> None:
+    """Print a results file as a table: key, outcome, text (or error) and tokens."""
+    from overnight.cli.show import render_results
+
+    if not results.is_file():
+        console.print(f"[bold red]error:[/] {results} does not exist")
+        raise typer.Exit(2)
+    Console().print(render_results(results, width=width))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("OVERNIGHT_LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

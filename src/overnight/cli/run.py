@@ -1,0 +1,184 @@
+"""``overnight run``: process one JSONL file locally, resumably.
+
+The input is imported into the blob store once and a batch is created with a
+``ref`` derived from the input path, model and kind. Running the same command again
+finds that batch and continues it: committed shards are never redone. Leases held
+by a killed run are freed at once (their process is gone), so a rerun does not
+wait for them to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+
+from overnight.app import Services
+from overnight.cli.progress import RunProgress
+from overnight.domain.batches import Batch, BatchKind, BatchState
+from overnight.engine.worker import WorkerScope
+from overnight.errors import FailedPrecondition, OvernightError
+
+TENANT = "local"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    input: Path
+    output: Path
+    model: str | None
+    kind: BatchKind | None
+    restart: bool
+    show_progress: bool
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    batch: Batch
+    wall_s: float
+    output: Path
+
+
+def _ref(path: Path, model: str, kind: BatchKind) -> str:
+    digest = hashlib.sha256(f"{path}\0{model}\0{kind.value}".encode()).hexdigest()
+    return f"run:{digest[:40]}"
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+async def _find_or_create(svc: Services, req: RunRequest, console: Console) -> Batch:
+    catalog = svc.catalog
+    if req.model is None:
+        kind = req.kind or BatchKind.GENERATE
+        entry = catalog.default_for(kind)
+    else:
+        kind = req.kind or catalog.resolve(req.model).default_kind
+        entry = catalog.resolve_for(req.model, kind)
+    path = req.input.resolve()
+    if not path.is_file():
+        raise FailedPrecondition(f"input {req.input} does not exist or is not a file")
+    ref = _ref(path, entry.name, kind)
+    stamp = _stamp(path)
+    batch = await svc.store.find_batch_by_ref(ref)
+    if batch is not None:
+        _, notes = await svc.store.batch_input(batch.id)
+        changed = notes.get("input") != stamp
+        stale = batch.state in (BatchState.CANCELLED, BatchState.EXPIRED, BatchState.FAILED)
+        if req.restart or changed or stale:
+            if not req.restart:
+                why = (
+                    "changed since the interrupted run started"
+                    if changed
+                    else f"was last run as batch {batch.id}, which ended {batch.state.value}"
+                )
+                raise FailedPrecondition(
+                    f"{req.input} {why} ({batch.done_count} of {batch.request_count} requests done). "
+                    "Re-run with --restart to start over."
+                )
+            await svc.batches.delete(None, batch.id)
+            batch = None
+        else:
+            console.print(
+                f"Resuming batch {batch.id}: {batch.done_count} of {batch.request_count or '?'} "
+                "requests already done."
+            )
+    if batch is None:
+        file = await svc.files.import_path(TENANT, path)
+        batch = await svc.batches.create_from_file(
+            TENANT,
+            model=entry.name,
+            kind=kind,
+            file_id=file.id,
+            display_name=f"overnight run {path.name}",
+            ref=ref,
+            annotations={"input": stamp, "path": str(path)},
+        )
+    return batch
+
+
+async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSummary:
+    """Run (or resume) ``req.input`` to completion and write ``req.output``."""
+    started = time.monotonic()
+    batch = await _find_or_create(svc, req, console)
+    if not batch.finalized:
+        if not svc.pool.loaded(batch.model_resolved):
+            with console.status(
+                f"Loading model {batch.model_resolved} (the first run converts and caches weights)…"
+            ):
+                await svc.pool.get(batch.model_resolved)
+        with RunProgress(console, enabled=req.show_progress) as progress:
+            worker = svc.worker(WorkerScope(batch_id=batch.id), on_progress=progress.on_progress)
+            await worker.reap()  # free leases a killed run left behind
+            base_done = batch.done_count
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            try:
+                while True:
+                    batch = await svc.batches.get(None, batch.id)
+                    if batch.finalized or task.done():
+                        break
+                    total = batch.request_count if batch.admitted else None
+                    progress.update(done=base_done + progress.requests, total=total)
+                    await asyncio.sleep(0.25)
+                progress.update(done=batch.done_count, total=batch.request_count)
+            finally:
+                stop.set()
+                await task
+    if batch.output_file_id is None:
+        raise FailedPrecondition(
+            f"batch {batch.id} ended {batch.state.value} without results: {batch.error or 'no reason recorded'}"
+        )
+    output = await svc.files.get(None, batch.output_file_id)
+    await svc.files.copy_to(output, req.output)
+    if batch.state is not BatchState.SUCCEEDED:
+        raise FailedPrecondition(
+            f"batch {batch.id} ended {batch.state.value}: {batch.error}; partial results are in {req.output}"
+        )
+    return RunSummary(batch, time.monotonic() - started, req.output)
+
+
+def first_errors(path: Path, limit: int = 3) -> list[str]:
+    """The first few error messages in a results file, for the summary."""
+    found: list[str] = []
+    with path.open("rb") as f:
+        for raw in f:
+            if b'"error"' not in raw:
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if "error" in line:
+                found.append(f"{line.get('key')}: {line['error'].get('message')}")
+                if len(found) >= limit:
+                    break
+    return found
+
+
+def print_summary(console: Console, summary: RunSummary) -> None:
+    b = summary.batch
+    wall = max(summary.wall_s, 1e-9)
+    console.print(
+        f"[green]Done[/]: {b.succeeded_count} succeeded, "
+        f"{'[red]' if b.failed_count else ''}{b.failed_count} failed{'[/]' if b.failed_count else ''} "
+        f"of {b.request_count} requests"
+    )
+    console.print(
+        f"Tokens: {b.usage.prompt_tokens} prompt + {b.usage.candidates_tokens} output "
+        f"= {b.usage.total_tokens} total"
+    )
+    console.print(f"Wall time: {summary.wall_s:.1f} s ({b.request_count / wall:.1f} req/s overall)")
+    for message in first_errors(summary.output):
+        console.print(f"  [red]error[/] {message}")
+    console.print(f"Results: {summary.output}")
+
+
+__all__ = ["OvernightError", "RunRequest", "print_summary", "run_file"]

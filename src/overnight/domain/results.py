@@ -1,0 +1,68 @@
+"""Canonical results, and their Gemini wire form (camelCase, spec §8.5, §11.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    text: str
+    finish_reason: str  # STOP | MAX_TOKENS | …
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """A GenerateContentResponse."""
+
+    candidates: list[Candidate]
+    prompt_tokens: int
+    model_version: str
+
+    @property
+    def candidates_tokens(self) -> int:
+        return sum(c.token_count for c in self.candidates)
+
+    def to_wire(self, response_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "candidates": [
+                {
+                    "content": {"parts": [{"text": c.text}], "role": "model"},
+                    "finishReason": c.finish_reason,
+                    "index": i,
+                }
+                for i, c in enumerate(self.candidates)
+            ],
+            "usageMetadata": {
+                "promptTokenCount": self.prompt_tokens,
+                "candidatesTokenCount": self.candidates_tokens,
+                "totalTokenCount": self.prompt_tokens + self.candidates_tokens,
+            },
+            "modelVersion": self.model_version,
+        }
+        if response_id:
+            body["responseId"] = response_id
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """An EmbedContentResponse."""
+
+    values: list[float]
+    token_count: int = 0
+    model_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.token_count
+
+    @property
+    def candidates_tokens(self) -> int:
+        return 0
+
+    def to_wire(self, response_id: str | None = None) -> dict[str, Any]:
+        return {"embedding": {"values": self.values}, "tokenCount": str(self.token_count)}

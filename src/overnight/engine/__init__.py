@@ -1,0 +1,1 @@
+"""The batch engine: admission, shard execution, finalize, workers."""

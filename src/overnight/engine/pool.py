@@ -1,0 +1,45 @@
+"""Started backends, one per configured model, shared by every worker of a process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from overnight.backends.base import Backend
+from overnight.backends.registry import create_backend
+from overnight.catalog import ModelCatalog
+
+
+class BackendPool:
+    """Creates and starts each model's backend once, on first use."""
+
+    def __init__(self, catalog: ModelCatalog, cache_dir: Path) -> None:
+        self._catalog = catalog
+        self._cache_dir = cache_dir
+        self._backends: dict[str, Backend] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def add(self, name: str, backend: Backend) -> None:
+        """Use an already built backend for ``name`` (tests, embedding in apps)."""
+        self._backends[name] = backend
+
+    def loaded(self, name: str) -> bool:
+        return name in self._backends
+
+    async def get(self, name: str) -> Backend:
+        backend = self._backends.get(name)
+        if backend is not None:
+            return backend
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name not in self._backends:
+                entry = self._catalog.resolve(name)
+                backend = create_backend(entry.name, entry.settings, self._cache_dir)
+                await backend.start()
+                self._backends[name] = backend
+        return self._backends[name]
+
+    async def close(self) -> None:
+        for backend in self._backends.values():
+            await backend.close()
+        self._backends.clear()

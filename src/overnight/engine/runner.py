@@ -1,0 +1,183 @@
+"""Running one shard: read its byte range, parse, call the backend, write the output.
+
+The requests of a shard are sorted by size and sent to the backend in micro-batches
+of its preferred size (length bucketing keeps padding low). Between micro-batches
+the runner asks ``should_stop`` whether to give up (batch cancelled or expired,
+lease lost, shutdown). Results are written in input order, one line per non-blank
+input line: ``{"key", "response"}`` or ``{"key", "error"}``, plus ``metadata`` when
+the input line had one. The output is published atomically under a key that names
+the lease, so a stale worker can never overwrite the output a commit recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from overnight.backends.base import Backend, check_embed, check_generate
+from overnight.blobs.base import BlobStore
+from overnight.domain.batches import Batch, BatchKind, Shard, ShardOutcome, Usage
+from overnight.domain.lines import LineError, RequestLine, parse_line
+from overnight.domain.requests import EmbedRequest, GenerateRequest
+from overnight.domain.results import EmbedResult, GenerateResult
+from overnight.engine.admission import iter_lines
+from overnight.errors import OvernightError, RequestRejected
+
+ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated)
+
+
+class ShardAbandoned(Exception):
+    """The runner stopped at a micro-batch boundary; the shard must be released."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    key: str
+    line_no: int
+    metadata: Any = None
+    request: GenerateRequest | EmbedRequest | None = None
+    body: dict[str, Any] | None = None  # the wire response
+    error: OvernightError | None = None
+    size: int = 0
+
+
+def shard_output_key(batch_id: str, seq: int, token: str) -> str:
+    return f"batches/{batch_id}/shards/{seq:07d}-{token}.jsonl"
+
+
+def read_shard(
+    blobs: BlobStore, key: str, shard: Shard, max_line: int
+) -> list[tuple[int, bytes | None]]:
+    """The shard's non-blank lines as ``(line_no, raw)``; raw None for an oversize line."""
+    out: list[tuple[int, bytes | None]] = []
+    with blobs.open_read(key) as f:
+        f.seek(shard.byte_start)
+        line_no = shard.first_line - 1
+        for _, raw, _ in iter_lines(f, max_line, end=shard.byte_end):
+            line_no += 1
+            if raw is None or not raw.isspace():
+                out.append((line_no, raw))
+    return out
+
+
+def _parse(lines: list[tuple[int, bytes | None]], kind: BatchKind, max_line: int) -> list[_Slot]:
+    slots = []
+    for line_no, raw in lines:
+        if raw is None:
+            err = LineError(
+                line_no, f"line is longer than {max_line} bytes (engine.shard_max_bytes)"
+            )
+            slots.append(_Slot(err.key, line_no, error=err))
+            continue
+        try:
+            parsed: RequestLine = parse_line(raw, line_no, kind)
+        except LineError as exc:
+            slots.append(_Slot(exc.key, line_no, error=exc))
+            continue
+        slots.append(_Slot(parsed.key, line_no, parsed.metadata, parsed.request, size=len(raw)))
+    return slots
+
+
+async def run_shard(
+    *,
+    batch: Batch,
+    shard: Shard,
+    token: str,
+    input_key: str,
+    backend: Backend,
+    blobs: BlobStore,
+    max_line: int,
+    should_stop: Callable[[], Awaitable[bool]],
+    on_progress: ProgressFn | None = None,
+) -> ShardOutcome:
+    """Execute a leased shard and publish its output blob. Raises ``ShardAbandoned``.
+
+    Backend-wide failures (``RetryableError``, ``BackendUnavailable``) propagate: the
+    caller releases the shard so it is retried later rather than failed.
+    """
+    lines = await asyncio.to_thread(read_shard, blobs, input_key, shard, max_line)
+    slots = _parse(lines, batch.kind, max_line)
+    caps = backend.capabilities
+    check = check_generate if batch.kind is BatchKind.GENERATE else check_embed
+    runnable: list[_Slot] = []
+    for slot in slots:
+        if slot.request is None:
+            if on_progress:
+                on_progress(1, 0)
+            continue
+        try:
+            check(slot.request, caps)  # type: ignore[arg-type]
+        except RequestRejected as exc:
+            slot.error = LineError(slot.line_no, exc.message, slot.key)
+            if on_progress:
+                on_progress(1, 0)
+            continue
+        runnable.append(slot)
+
+    runnable.sort(key=lambda s: s.size)
+    step = max(1, caps.max_batch_size)
+    usage = Usage()
+    for i in range(0, len(runnable), step):
+        if await should_stop():
+            raise ShardAbandoned()
+        chunk = runnable[i : i + step]
+        requests = [s.request for s in chunk]
+        if batch.kind is BatchKind.GENERATE:
+            outcomes: list[Any] = await backend.generate(requests)  # type: ignore[arg-type]
+        else:
+            outcomes = await backend.embed(requests)  # type: ignore[arg-type]
+        if len(outcomes) != len(chunk):
+            raise RuntimeError(
+                f"backend {caps.model_version} returned {len(outcomes)} results for {len(chunk)} requests"
+            )
+        tokens = 0
+        for slot, outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, GenerateResult | EmbedResult):
+                slot.body = outcome.to_wire(f"{batch.id}-{slot.line_no}")
+                used = Usage(outcome.prompt_tokens, outcome.candidates_tokens)
+                usage = usage + used
+                tokens += used.candidates_tokens
+            elif isinstance(outcome, OvernightError):
+                slot.error = outcome
+            else:
+                raise RuntimeError(
+                    f"backend {caps.model_version} returned {type(outcome).__name__}"
+                )
+        if on_progress:
+            on_progress(len(chunk), tokens)
+
+    output_key = shard_output_key(batch.id, shard.seq, token)
+    succeeded = await asyncio.to_thread(_write_output, blobs, output_key, slots)
+    return ShardOutcome(output_key, succeeded, len(slots) - succeeded, usage)
+
+
+def _write_output(blobs: BlobStore, key: str, slots: list[_Slot]) -> int:
+    succeeded = 0
+    writer = blobs.open_write(key)
+    try:
+        buf = bytearray()
+        for slot in slots:
+            line: dict[str, Any] = {"key": slot.key}
+            if slot.body is not None:
+                line["response"] = slot.body
+                succeeded += 1
+            else:
+                err = slot.error or OvernightError("no result was produced for this request")
+                line["error"] = {**err.to_status(), "details": []}
+            if slot.metadata is not None:
+                line["metadata"] = slot.metadata
+            buf += orjson.dumps(line)
+            buf += b"\n"
+            if len(buf) > 1 << 20:
+                writer.write(bytes(buf))
+                buf.clear()
+        writer.write(bytes(buf))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return succeeded

@@ -1,0 +1,109 @@
+"""File use-cases: import bytes as a file, read, list, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from overnight.blobs.base import BlobStore
+from overnight.domain.files import File, FileSource, FileState
+from overnight.errors import InvalidArgument, NotFound
+from overnight.services.ids import new_id
+from overnight.store.sql import SqlStore
+
+COPY_CHUNK = 1 << 20
+
+
+class FileService:
+    def __init__(self, store: SqlStore, blobs: BlobStore, *, retention_s: float | None) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.retention_s = retention_s
+
+    async def create_from_chunks(
+        self,
+        tenant: str,
+        chunks: Iterable[bytes],
+        *,
+        display_name: str = "",
+        mime_type: str = "application/jsonl",
+        max_bytes: int | None = None,
+    ) -> File:
+        """Stream ``chunks`` into a new blob (in a thread) and record the file."""
+        file_id = new_id()
+        key = f"files/{file_id}"
+
+        def copy() -> tuple[int, str]:
+            writer = self.blobs.open_write(key)
+            try:
+                size = 0
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise InvalidArgument(f"the file is larger than the {max_bytes}-byte limit")
+                    writer.write(chunk)
+                return writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+
+        size, digest = await asyncio.to_thread(copy)
+        now = time.time()
+        file = File(
+            id=file_id,
+            tenant=tenant,
+            display_name=display_name,
+            mime_type=mime_type,
+            size_bytes=size,
+            sha256=digest,
+            blob_key=key,
+            source=FileSource.UPLOADED,
+            state=FileState.ACTIVE,
+            create_time=now,
+            update_time=now,
+            expire_time=None if self.retention_s is None else now + self.retention_s,
+        )
+        await self.store.create_file(file)
+        return file
+
+    async def import_path(
+        self, tenant: str, path: Path, *, display_name: str | None = None
+    ) -> File:
+        """Copy a local file into the blob store, streaming."""
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"input file {path} does not exist") from None
+        except IsADirectoryError:
+            raise InvalidArgument(f"input {path} is a directory; give a JSONL file") from None
+
+        def chunks() -> Iterable[bytes]:
+            with handle:
+                while chunk := handle.read(COPY_CHUNK):
+                    yield chunk
+
+        return await self.create_from_chunks(
+            tenant, chunks(), display_name=display_name or path.name
+        )
+
+    async def get(self, tenant: str | None, file_id: str) -> File:
+        return await self.store.get_file(file_id.removeprefix("files/"), tenant)
+
+    async def copy_to(self, file: File, target: Path) -> None:
+        """Write a file's bytes to a local path atomically (temporary name, then rename)."""
+
+        def copy() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.partial")
+            with self.blobs.open_read(file.blob_key) as src, tmp.open("wb") as dst:
+                while chunk := src.read(COPY_CHUNK):
+                    dst.write(chunk)
+            tmp.replace(target)
+
+        await asyncio.to_thread(copy)
+
+    async def delete(self, tenant: str | None, file_id: str) -> None:
+        file = await self.store.delete_file(file_id.removeprefix("files/"), tenant)
+        await asyncio.to_thread(self.blobs.delete, file.blob_key)

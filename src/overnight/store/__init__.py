@@ -1,0 +1,1 @@
+"""Metadata store: files, batches and shards in SQL (SQLite or PostgreSQL)."""

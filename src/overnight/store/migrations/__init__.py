@@ -1,0 +1,19 @@
+"""Versioned schema migrations, applied in order at start-up.
+
+Each migration is a function of a SQLAlchemy ``Connection`` inside the migrating
+transaction. Add new ones at the end of ``MIGRATIONS``; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+
+from overnight.store.migrations import m0001_initial
+
+Migration = tuple[int, str, Callable[[Connection], None]]
+
+MIGRATIONS: list[Migration] = [
+    (1, "initial schema: files, batches, shards", m0001_initial.upgrade),
+]

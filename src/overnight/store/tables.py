@@ -1,0 +1,98 @@
+"""The current schema, as SQLAlchemy Core tables. Times are UNIX seconds (float)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False, index=True),
+    Column("display_name", Text, nullable=False, default=""),
+    Column("mime_type", String(255), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+    Column("expire_time", Float, nullable=True),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("model_resolved", String(255), nullable=False),
+    Column("display_name", Text, nullable=False, default=""),
+    Column("state", String(16), nullable=False, index=True),
+    Column("input_file_id", String(64), nullable=True),
+    Column("input_blob", Text, nullable=False),
+    Column("inline", Boolean, nullable=False, default=False),
+    Column("output_file_id", String(64), nullable=True),
+    Column("request_count", BigInteger, nullable=False, default=0),
+    Column("succeeded_count", BigInteger, nullable=False, default=0),
+    Column("failed_count", BigInteger, nullable=False, default=0),
+    Column("prompt_tokens", BigInteger, nullable=False, default=0),
+    Column("candidates_tokens", BigInteger, nullable=False, default=0),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+    Column("end_time", Float, nullable=True),
+    Column("expire_time", Float, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("ref", String(255), nullable=True, unique=True),
+    Column("annotations", Text, nullable=False, default="{}"),
+    Column("admitted", Boolean, nullable=False, default=False),
+    Column("finalized", Boolean, nullable=False, default=False),
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+)
+
+shards = Table(
+    "shards",
+    metadata,
+    Column("batch_id", String(64), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("byte_start", BigInteger, nullable=False),
+    Column("byte_end", BigInteger, nullable=False),
+    Column("first_line", BigInteger, nullable=False),
+    Column("request_count", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("lease_token", String(64), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("output_blob", Text, nullable=True),
+    Column("succeeded_count", Integer, nullable=False, default=0),
+    Column("failed_count", Integer, nullable=False, default=0),
+    Column("prompt_tokens", BigInteger, nullable=False, default=0),
+    Column("candidates_tokens", BigInteger, nullable=False, default=0),
+    Index("ix_shards_state", "state", "batch_id"),
+)
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)

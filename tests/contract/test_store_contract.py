@@ -1,0 +1,300 @@
+"""The metadata-store contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from overnight.domain.batches import (
+    Batch,
+    BatchKind,
+    BatchState,
+    ShardOutcome,
+    ShardSpec,
+    ShardState,
+    Usage,
+)
+from overnight.domain.files import File, FileSource, FileState
+from overnight.errors import AlreadyExists, NotFound
+from overnight.store.sql import SqlStore
+
+
+def make_batch(
+    batch_id: str, *, tenant: str = "t1", ref: str | None = None, expire: float = 1e12
+) -> Batch:
+    now = time.time()
+    return Batch(
+        id=batch_id,
+        tenant=tenant,
+        kind=BatchKind.GENERATE,
+        model="models/m",
+        model_resolved="m",
+        display_name="d",
+        state=BatchState.PENDING,
+        input_file_id=None,
+        inline=False,
+        output_file_id=None,
+        request_count=0,
+        succeeded_count=0,
+        failed_count=0,
+        usage=Usage(),
+        create_time=now,
+        update_time=now,
+        end_time=None,
+        expire_time=expire,
+        error=None,
+        ref=ref,
+        admitted=False,
+        finalized=False,
+    )
+
+
+def make_file(file_id: str, tenant: str = "t1") -> File:
+    now = time.time()
+    return File(
+        id=file_id,
+        tenant=tenant,
+        display_name="f",
+        mime_type="application/jsonl",
+        size_bytes=3,
+        sha256="0" * 64,
+        blob_key=f"files/{file_id}",
+        source=FileSource.UPLOADED,
+        state=FileState.ACTIVE,
+        create_time=now,
+        update_time=now,
+        expire_time=None,
+    )
+
+
+def specs(n: int) -> list[ShardSpec]:
+    return [ShardSpec(i, i * 10, i * 10 + 10, i + 1, 1) for i in range(n)]
+
+
+async def admitted(store: SqlStore, batch_id: str, n: int = 3) -> None:
+    await store.create_batch(make_batch(batch_id), "in")
+    claimed = await store.claim_batch_work("w", now=time.time(), lease_until=time.time() + 60)
+    assert claimed is not None and claimed[1] == "admit"
+    assert await store.admit(batch_id, "w", specs(n), now=time.time())
+
+
+@pytest.fixture
+def store(database_url: str):  # type: ignore[no-untyped-def]
+    s = asyncio.run(SqlStore.open(database_url))
+    yield s
+    asyncio.run(s.close())
+
+
+def test_migrations_are_applied_once(store: SqlStore, database_url: str) -> None:
+    assert asyncio.run(store.schema_version()) == 1
+    again = asyncio.run(SqlStore.open(database_url))  # reopening is a no-op
+    assert asyncio.run(again.schema_version()) == 1
+    asyncio.run(again.close())
+
+
+def test_files_roundtrip_and_tenancy(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_file(make_file("f1"))
+        assert (await store.get_file("f1", "t1")).size_bytes == 3
+        with pytest.raises(NotFound):
+            await store.get_file("f1", "other-tenant")
+        with pytest.raises(AlreadyExists):
+            await store.create_file(make_file("f1"))
+        await store.delete_file("f1", "t1")
+        with pytest.raises(NotFound):
+            await store.get_file("f1")
+
+    asyncio.run(go())
+
+
+def test_list_paginates_newest_first(store: SqlStore) -> None:
+    async def go() -> None:
+        for i in range(5):
+            await store.create_batch(make_batch(f"b{i}"), "in")
+        first = await store.list_batches("t1", limit=2)
+        assert len(first) == 2
+        rest = await store.list_batches("t1", limit=10, after=(first[-1].create_time, first[-1].id))
+        assert {b.id for b in first} | {b.id for b in rest} == {f"b{i}" for i in range(5)}
+        assert not {b.id for b in first} & {b.id for b in rest}
+        assert await store.list_batches("nobody", limit=10) == []
+
+    asyncio.run(go())
+
+
+def test_transitions_are_conditional(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_batch(make_batch("b1"), "in")
+        assert not await store.transition(
+            "b1", BatchState.SUCCEEDED, now=1.0
+        )  # PENDING ↛ SUCCEEDED
+        assert await store.transition("b1", BatchState.CANCELLED, now=2.0)
+        assert not await store.transition("b1", BatchState.CANCELLED, now=3.0)  # already terminal
+        b = await store.get_batch("b1")
+        assert b.state is BatchState.CANCELLED and b.end_time == 2.0
+
+    asyncio.run(go())
+
+
+def test_ref_is_unique(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_batch(make_batch("b1", ref="r"), "in")
+        with pytest.raises(AlreadyExists):
+            await store.create_batch(make_batch("b2", ref="r"), "in")
+        assert (await store.find_batch_by_ref("r")).id == "b1"  # type: ignore[union-attr]
+
+    asyncio.run(go())
+
+
+def test_admission_is_claimed_once(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_batch(make_batch("b1"), "in")
+        now = time.time()
+        first = await store.claim_batch_work("w1", now=now, lease_until=now + 60)
+        second = await store.claim_batch_work("w2", now=now, lease_until=now + 60)
+        assert first is not None and second is None
+        assert not await store.admit("b1", "w2", specs(2), now=now)  # not the lease holder
+        assert await store.admit("b1", "w1", specs(2), now=now)
+        b = await store.get_batch("b1")
+        assert b.state is BatchState.RUNNING and b.request_count == 2 and b.admitted
+
+    asyncio.run(go())
+
+
+def test_shard_lease_commit_exactly_once(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 2)
+        now = time.time()
+        a = await store.lease_shard("w1", "ta", now=now, lease_until=now + 60)
+        b = await store.lease_shard("w2", "tb", now=now, lease_until=now + 60)
+        assert a is not None and b is not None and a.seq != b.seq
+        assert await store.lease_shard("w3", "tc", now=now, lease_until=now + 60) is None
+        out = ShardOutcome("o", 1, 0, Usage(5, 7))
+        assert await store.commit_shard("b1", a.seq, "ta", out, now=now)
+        assert not await store.commit_shard("b1", a.seq, "ta", out, now=now)  # twice: refused
+        assert not await store.commit_shard("b1", b.seq, "wrong-token", out, now=now)
+        batch = await store.get_batch("b1")
+        assert (batch.succeeded_count, batch.usage) == (1, Usage(5, 7))
+
+    asyncio.run(go())
+
+
+def test_expired_lease_is_taken_over_and_stale_commit_refused(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 1)
+        now = time.time()
+        old = await store.lease_shard("w1", "old", now=now, lease_until=now + 1)
+        assert old is not None
+        assert not await store.renew_shard("b1", 0, "nope", now + 60)
+        new = await store.lease_shard("w2", "new", now=now + 5, lease_until=now + 65)
+        assert new is not None and new.attempts == 2
+        assert not await store.renew_shard("b1", 0, "old", now + 70)  # lost
+        out = ShardOutcome("o", 1, 0, Usage())
+        assert not await store.commit_shard("b1", 0, "old", out, now=now)
+        assert await store.commit_shard("b1", 0, "new", out, now=now)
+        assert (await store.get_batch("b1")).succeeded_count == 1
+
+    asyncio.run(go())
+
+
+def test_release_and_release_owner(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 2)
+        now = time.time()
+        a = await store.lease_shard("w1", "ta", now=now, lease_until=now + 60)
+        b = await store.lease_shard("w1", "tb", now=now, lease_until=now + 60)
+        assert a and b
+        assert await store.release_shard("b1", a.seq, "ta")
+        assert "w1" in await store.lease_owners()
+        assert await store.release_owner("w1") == 1
+        assert await store.lease_owners() == set()
+        shards = await store.list_shards("b1")
+        assert all(s.state is ShardState.PENDING for s in shards)
+
+    asyncio.run(go())
+
+
+def test_cancelled_batch_shards_are_not_leased(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 2)
+        assert await store.transition("b1", BatchState.CANCELLED, now=time.time())
+        now = time.time()
+        assert await store.lease_shard("w", "t", now=now, lease_until=now + 60) is None
+        claimed = await store.claim_batch_work("w", now=now, lease_until=now + 60)
+        assert claimed is not None and claimed[1] == "finalize"
+
+    asyncio.run(go())
+
+
+def test_finalize_only_after_all_shards_done(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 1)
+        now = time.time()
+        assert await store.claim_batch_work("w", now=now, lease_until=now + 60) is None
+        s = await store.lease_shard("w", "t", now=now, lease_until=now + 60)
+        assert s is not None
+        await store.commit_shard("b1", 0, "t", ShardOutcome("o", 1, 0, Usage()), now=now)
+        claimed = await store.claim_batch_work("w", now=now, lease_until=now + 60)
+        assert claimed is not None and claimed[1] == "finalize"
+        out = make_file("batchb1")
+        assert await store.finalize("b1", "w", now=now, output=out, target=BatchState.SUCCEEDED)
+        b = await store.get_batch("b1")
+        assert b.state is BatchState.SUCCEEDED and b.finalized and b.output_file_id == "batchb1"
+        assert await store.claim_batch_work("w", now=now, lease_until=now + 60) is None
+
+    asyncio.run(go())
+
+
+def test_finalize_loses_to_a_concurrent_cancel(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 1)
+        now = time.time()
+        s = await store.lease_shard("w", "t", now=now, lease_until=now + 60)
+        assert s is not None
+        await store.commit_shard("b1", 0, "t", ShardOutcome("o", 1, 0, Usage()), now=now)
+        assert await store.claim_batch_work("w", now=now, lease_until=now + 60)
+        await store.transition("b1", BatchState.CANCELLED, now=now)
+        assert not await store.finalize(
+            "b1", "w", now=now, output=None, target=BatchState.SUCCEEDED
+        )
+        assert (await store.get_batch("b1")).state is BatchState.CANCELLED
+
+    asyncio.run(go())
+
+
+def test_expire_batches(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_batch(make_batch("old", expire=10.0), "in")
+        await store.create_batch(make_batch("new", expire=1e12), "in")
+        assert await store.expire_batches(now=100.0) == ["old"]
+        assert (await store.get_batch("old")).state is BatchState.EXPIRED
+        assert (await store.get_batch("new")).state is BatchState.PENDING
+
+    asyncio.run(go())
+
+
+def test_concurrent_leasers_never_share_a_shard(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 20)
+        now = time.time()
+        got = await asyncio.gather(
+            *(store.lease_shard(f"w{i}", f"t{i}", now=now, lease_until=now + 60) for i in range(30))
+        )
+        seqs = [s.seq for s in got if s is not None]
+        assert len(seqs) == 20 and len(set(seqs)) == 20
+
+    asyncio.run(go())
+
+
+def test_delete_batch_removes_shards(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 3)
+        with pytest.raises(NotFound):
+            await store.delete_batch("b1", "other-tenant")
+        await store.delete_batch("b1", "t1")
+        assert await store.list_shards("b1") == []
+        with pytest.raises(NotFound):
+            await store.get_batch("b1")
+
+    asyncio.run(go())
