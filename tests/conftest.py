@@ -64,6 +64,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One converted-weights cache for the whole session (the GGUF converts once)."""
+    shared = os.environ.get("OVERNIGHT_TEST_MODEL_CACHE")
+    return Path(shared) if shared else tmp_path_factory.mktemp("model-cache")
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 

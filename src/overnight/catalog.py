@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from overnight.config import ModelSettings, Settings
 from overnight.domain.batches import BatchKind
-from overnight.errors import InvalidArgument, NotFound
+from overnight.errors import ConfigError, InvalidArgument, NotFound
 
 # What each backend can do, known without loading it.
 BACKEND_KINDS: dict[str, frozenset[BatchKind]] = {
@@ -42,7 +42,7 @@ class ModelCatalog:
         self.aliases = settings.all_aliases()
         for pattern, target in self.aliases.items():
             if target not in self.models:
-                raise InvalidArgument(
+                raise ConfigError(
                     f"alias {pattern!r} points at {target!r}, which is not a configured model"
                 )
 

@@ -123,6 +123,9 @@ def _default_data_dir() -> Path:
 class Settings(_Section):
     """Everything Overnight reads from its configuration."""
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="How much the engine logs (to stderr)."
+    )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the default SQLite database, blobs and model caches live.",
@@ -185,13 +188,17 @@ class Settings(_Section):
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``OVERNIGHT_A__B=v`` becomes ``{"a": {"b": "v"}}``; pydantic does the typing."""
+    """``OVERNIGHT_A__B=v`` becomes ``{"a": {"b": "v"}}``; pydantic does the typing.
+
+    Names whose first part is not a setting (``OVERNIGHT_TEST_POSTGRES_URL``, set by
+    CI and inherited by the CLI) are not ours and are skipped, not rejected.
+    """
     out: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "OVERNIGHT_CONFIG":
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
-        if not all(path):
+        if not all(path) or path[0] not in Settings.model_fields:
             continue
         node = out
         for part in path[:-1]:

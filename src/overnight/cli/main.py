@@ -16,7 +16,7 @@ from rich.table import Table
 from overnight import __version__
 from overnight.config import Settings, load_settings
 from overnight.domain.batches import BatchKind
-from overnight.errors import OvernightError
+from overnight.errors import ConfigError, OvernightError
 
 app = typer.Typer(
     name="overnight",
@@ -50,7 +50,9 @@ def _settings(config: Path | None, data_dir: Path | None) -> Settings:
     overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["data_dir"] = str(data_dir)
-    return load_settings(config, overrides=overrides)
+    settings = load_settings(config, overrides=overrides)
+    logging.getLogger("overnight").setLevel(settings.log_level)
+    return settings
 
 
 def _fail(exc: OvernightError, code: int = 2) -> typer.Exit:
@@ -105,6 +107,8 @@ def run(
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
     except OvernightError as exc:
         raise _fail(exc, 1) from None
     except KeyboardInterrupt:
@@ -160,7 +164,7 @@ def version() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("OVERNIGHT_LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     app()
 
 

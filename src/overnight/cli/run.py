@@ -42,6 +42,8 @@ class RunSummary:
     batch: Batch
     wall_s: float
     output: Path
+    processed: int = 0  # requests this invocation ran (the rest were done before a resume)
+    generated_tokens: int = 0
 
 
 def _ref(path: Path, model: str, kind: BatchKind) -> str:
@@ -108,6 +110,7 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
     """Run (or resume) ``req.input`` to completion and write ``req.output``."""
     started = time.monotonic()
     batch = await _find_or_create(svc, req, console)
+    processed = generated = 0
     if not batch.finalized:
         if not svc.pool.loaded(batch.model_resolved):
             with console.status(
@@ -132,6 +135,7 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
             finally:
                 stop.set()
                 await task
+            processed, generated = progress.requests, progress.tokens
     if batch.output_file_id is None:
         raise FailedPrecondition(
             f"batch {batch.id} ended {batch.state.value} without results: {batch.error or 'no reason recorded'}"
@@ -142,7 +146,7 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
         raise FailedPrecondition(
             f"batch {batch.id} ended {batch.state.value}: {batch.error}; partial results are in {req.output}"
         )
-    return RunSummary(batch, time.monotonic() - started, req.output)
+    return RunSummary(batch, time.monotonic() - started, req.output, processed, generated)
 
 
 def first_errors(path: Path, limit: int = 3) -> list[str]:
@@ -175,7 +179,10 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         f"Tokens: {b.usage.prompt_tokens} prompt + {b.usage.candidates_tokens} output "
         f"= {b.usage.total_tokens} total"
     )
-    console.print(f"Wall time: {summary.wall_s:.1f} s ({b.request_count / wall:.1f} req/s overall)")
+    console.print(
+        f"Wall time: {summary.wall_s:.1f} s; this run processed {summary.processed} requests "
+        f"({summary.processed / wall:.1f} req/s, {summary.generated_tokens / wall:.1f} output tok/s)"
+    )
     for message in first_errors(summary.output):
         console.print(f"  [red]error[/] {message}")
     console.print(f"Results: {summary.output}")

@@ -1,0 +1,67 @@
+"""Small helpers shared by tests (no fixtures here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from overnight.app import Services
+from overnight.domain.batches import Batch
+from overnight.engine.worker import Worker, WorkerScope
+
+
+def request(text: str, **config: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+    if config:
+        body["generationConfig"] = config
+    return body
+
+
+def write_jsonl(path: Path, lines: Iterable[Any]) -> Path:
+    with path.open("w") as f:
+        for line in lines:
+            f.write(line if isinstance(line, str) else json.dumps(line))
+            f.write("\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def drive(
+    svc: Services, batch_id: str, *, workers: int = 1, timeout: float = 60, **kwargs: Any
+) -> Batch:
+    """Run workers scoped to one batch until it is finalized; return the batch."""
+    stop = asyncio.Event()
+    pool = [svc.worker(WorkerScope(batch_id=batch_id), **kwargs) for _ in range(workers)]
+    tasks = [asyncio.create_task(w.run(stop)) for w in pool]
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            batch = await svc.batches.get(None, batch_id)
+            if batch.finalized:
+                return batch
+            for task in tasks:
+                if task.done():
+                    task.result()  # surface a crashed worker
+            if time.monotonic() > deadline:
+                raise AssertionError(f"batch {batch_id} not finished in {timeout}s: {batch}")
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def output_lines(svc: Services, batch: Batch) -> list[dict[str, Any]]:
+    assert batch.output_file_id, f"batch has no output: {batch}"
+    file = await svc.files.get(None, batch.output_file_id)
+    return read_jsonl(svc.blobs.path(file.blob_key))
+
+
+def new_worker(svc: Services, batch_id: str, **kwargs: Any) -> Worker:
+    return svc.worker(WorkerScope(batch_id=batch_id), **kwargs)
