@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
+    Table,
     and_,
     create_engine,
     delete,
@@ -132,44 +134,19 @@ class SqlStore:
     async def get_file(self, file_id: str, tenant: str | None = None) -> File:
         """Raises ``NotFound``; another tenant's file is not found either."""
 
-        def q(conn: Connection) -> File:
-            stmt = select(t.files).where(t.files.c.id == file_id)
-            if tenant is not None:
-                stmt = stmt.where(t.files.c.tenant == tenant)
-            row = conn.execute(stmt).mappings().first()
-            if row is None:
-                raise NotFound(f"file files/{file_id} does not exist")
-            return _file(row)
-
-        return await self._run(q)
+        return await self._run(lambda c: _file(_owned_row(c, t.files, file_id, tenant)))
 
     async def list_files(
         self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
     ) -> list[File]:
-        def q(conn: Connection) -> list[File]:
-            stmt = select(t.files).where(t.files.c.tenant == tenant)
-            if after is not None:
-                stmt = stmt.where(
-                    or_(
-                        t.files.c.create_time < after[0],
-                        and_(t.files.c.create_time == after[0], t.files.c.id < after[1]),
-                    )
-                )
-            stmt = stmt.order_by(t.files.c.create_time.desc(), t.files.c.id.desc()).limit(limit)
-            return [_file(r) for r in conn.execute(stmt).mappings()]
-
-        return await self._run(q)
+        stmt = _page(t.files, tenant, limit, after)
+        return await self._run(lambda c: [_file(r) for r in c.execute(stmt).mappings()])
 
     async def delete_file(self, file_id: str, tenant: str | None = None) -> File:
         """Delete the row and return it (the caller deletes the blob). Raises NotFound."""
 
         def q(conn: Connection) -> File:
-            stmt = select(t.files).where(t.files.c.id == file_id)
-            if tenant is not None:
-                stmt = stmt.where(t.files.c.tenant == tenant)
-            row = conn.execute(stmt).mappings().first()
-            if row is None:
-                raise NotFound(f"file files/{file_id} does not exist")
+            row = _owned_row(conn, t.files, file_id, tenant)
             conn.execute(delete(t.files).where(t.files.c.id == file_id))
             return _file(row)
 
@@ -189,16 +166,7 @@ class SqlStore:
     async def get_batch(self, batch_id: str, tenant: str | None = None) -> Batch:
         """Raises ``NotFound``; another tenant's batch is not found either."""
 
-        def q(conn: Connection) -> Batch:
-            stmt = select(t.batches).where(t.batches.c.id == batch_id)
-            if tenant is not None:
-                stmt = stmt.where(t.batches.c.tenant == tenant)
-            row = conn.execute(stmt).mappings().first()
-            if row is None:
-                raise NotFound(f"batch batches/{batch_id} does not exist")
-            return _batch(row)
-
-        return await self._run(q)
+        return await self._run(lambda c: _batch(_owned_row(c, t.batches, batch_id, tenant)))
 
     async def batch_input(self, batch_id: str) -> tuple[str, dict[str, Any]]:
         """The input blob key and annotations of a batch."""
@@ -225,19 +193,8 @@ class SqlStore:
     async def list_batches(
         self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
     ) -> list[Batch]:
-        def q(conn: Connection) -> list[Batch]:
-            stmt = select(t.batches).where(t.batches.c.tenant == tenant)
-            if after is not None:
-                stmt = stmt.where(
-                    or_(
-                        t.batches.c.create_time < after[0],
-                        and_(t.batches.c.create_time == after[0], t.batches.c.id < after[1]),
-                    )
-                )
-            stmt = stmt.order_by(t.batches.c.create_time.desc(), t.batches.c.id.desc()).limit(limit)
-            return [_batch(r) for r in conn.execute(stmt).mappings()]
-
-        return await self._run(q)
+        stmt = _page(t.batches, tenant, limit, after)
+        return await self._run(lambda c: [_batch(r) for r in c.execute(stmt).mappings()])
 
     async def transition(
         self, batch_id: str, target: BatchState, *, now: float, error: str | None = None
@@ -264,12 +221,7 @@ class SqlStore:
         """Delete a batch and its shards; return it (the caller removes blobs)."""
 
         def q(conn: Connection) -> Batch:
-            stmt = select(t.batches).where(t.batches.c.id == batch_id)
-            if tenant is not None:
-                stmt = stmt.where(t.batches.c.tenant == tenant)
-            row = conn.execute(stmt).mappings().first()
-            if row is None:
-                raise NotFound(f"batch batches/{batch_id} does not exist")
+            row = _owned_row(conn, t.batches, batch_id, tenant)
             conn.execute(delete(t.shards).where(t.shards.c.batch_id == batch_id))
             conn.execute(delete(t.batches).where(t.batches.c.id == batch_id))
             return _batch(row)
@@ -681,6 +633,33 @@ def _create_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+_NOUNS = {"files": "file", "batches": "batch"}
+
+
+def _owned_row(conn: Connection, table: Table, row_id: str, tenant: str | None) -> Any:
+    """The row with ``row_id`` (of ``tenant``, if given). Raises ``NotFound``."""
+    stmt = select(table).where(table.c.id == row_id)
+    if tenant is not None:
+        stmt = stmt.where(table.c.tenant == tenant)
+    row = conn.execute(stmt).mappings().first()
+    if row is None:
+        raise NotFound(f"{_NOUNS[table.name]} {table.name}/{row_id} does not exist")
+    return row
+
+
+def _page(table: Table, tenant: str, limit: int, after: tuple[float, str] | None) -> Select[Any]:
+    """Newest first; ``after`` is the (create_time, id) of the previous page's last row."""
+    stmt = select(table).where(table.c.tenant == tenant)
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                table.c.create_time < after[0],
+                and_(table.c.create_time == after[0], table.c.id < after[1]),
+            )
+        )
+    return stmt.order_by(table.c.create_time.desc(), table.c.id.desc()).limit(limit)
 
 
 def _redact(url: str) -> str:
