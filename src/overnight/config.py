@@ -48,6 +48,12 @@ class EngineSettings(_Section):
     heartbeat_seconds: float = Field(
         10.0, gt=0, description="How often a worker renews the leases it holds."
     )
+    max_shard_attempts: int = Field(
+        3,
+        ge=1,
+        description="After this many attempts at a shard whose backend keeps failing (not a "
+        "transient error), its requests get error lines instead of being retried again.",
+    )
     poll_seconds: float = Field(
         0.5, gt=0, description="How long an idle worker sleeps before looking for work again."
     )
@@ -71,7 +77,8 @@ class ModelSettings(_Section):
     description: str = Field("", description="Shown by `overnight models`.")
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto",
-        description="Weight precision; auto picks bfloat16 where the CPU supports it, else float32.",
+        description="Weight precision. auto: bfloat16 for generative models where the CPU (or GPU) "
+        "supports it, else float32; float32 for embedding models, whose vectors bf16 would move.",
     )
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:1 …")
     max_batch_size: int = Field(
@@ -81,7 +88,10 @@ class ModelSettings(_Section):
         512, ge=1, description="Default maxOutputTokens when a request sets none."
     )
     max_input_tokens: int = Field(
-        4096, ge=1, description="Longest prompt accepted; longer requests get INVALID_ARGUMENT."
+        4096,
+        ge=1,
+        description="Generative models: longest prompt accepted (longer requests get "
+        "INVALID_ARGUMENT). Embedding models: inputs are truncated to this many tokens.",
     )
     max_candidates: int = Field(8, ge=1, description="Largest candidateCount accepted.")
     options: dict[str, Any] = Field(

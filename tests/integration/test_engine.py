@@ -397,3 +397,37 @@ def test_unknown_model_is_refused_with_the_known_names(tmp_path: Path, model: st
         await svc.close()
 
     asyncio.run(go())
+
+
+class AlwaysBroken(FlakyOnce):
+    """Every call fails with a non-transient backend error."""
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[object]:
+        from overnight.errors import BackendError
+
+        raise BackendError("CUDA kernel image not found")
+
+
+def test_persistently_failing_backend_answers_lines_with_the_error(
+    tmp_path: Path, database_url: str
+) -> None:
+    async def go() -> None:
+        from overnight.backends.fake import FakeBackend
+
+        svc = await services(tmp_path, database_url, max_shard_attempts=2)
+        svc.pool.add("echo", AlwaysBroken(FakeBackend("echo")))  # type: ignore[arg-type]
+        src = write_jsonl(
+            tmp_path / "in.jsonl", [{"key": "a", "request": request("x")}, "{bad json"]
+        )
+        batch = await drive(svc, (await submit(svc, src)).id)
+        assert batch.state is BatchState.SUCCEEDED
+        assert (batch.succeeded_count, batch.failed_count) == (0, 2)
+        lines = {line["key"]: line["error"] for line in await output_lines(svc, batch)}
+        assert "CUDA kernel image not found" in lines["a"]["message"]
+        assert lines["a"]["status"] == "INTERNAL"
+        assert "invalid JSON" in lines["line:2"]["message"]  # its own problem, not the backend's
+        (shard,) = await svc.store.list_shards(batch.id)
+        assert shard.attempts == 2
+        await svc.close()
+
+    asyncio.run(go())

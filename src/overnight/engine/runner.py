@@ -155,6 +155,29 @@ async def run_shard(
     return ShardOutcome(output_key, succeeded, len(slots) - succeeded, usage)
 
 
+async def fail_shard(
+    batch: Batch,
+    shard: Shard,
+    token: str,
+    input_key: str,
+    blobs: BlobStore,
+    max_line: int,
+    error: BaseException,
+) -> ShardOutcome:
+    """Answer every line of a shard with ``error`` (malformed lines keep their own)."""
+    lines = await asyncio.to_thread(read_shard, blobs, input_key, shard, max_line)
+    slots = _parse(lines, batch.kind, max_line)
+    message = f"the model backend failed on every attempt at this request: {error}"
+    failure = error if isinstance(error, OvernightError) else OvernightError(message)
+    for slot in slots:
+        if slot.error is None:
+            slot.error = LineError(slot.line_no, message, slot.key)
+            slot.error.status, slot.error.grpc_code = failure.status, failure.grpc_code  # type: ignore[misc]
+    output_key = shard_output_key(batch.id, shard.seq, token)
+    succeeded = await asyncio.to_thread(_write_output, blobs, output_key, slots)
+    return ShardOutcome(output_key, succeeded, len(slots) - succeeded, Usage())
+
+
 def _write_output(blobs: BlobStore, key: str, slots: list[_Slot]) -> int:
     succeeded = 0
     writer = blobs.open_write(key)

@@ -27,8 +27,8 @@ from overnight.domain.batches import Batch, BatchState, Shard
 from overnight.engine.admission import Admission, cut_shards
 from overnight.engine.finalize import finalize_batch
 from overnight.engine.pool import BackendPool
-from overnight.engine.runner import ProgressFn, ShardAbandoned, run_shard
-from overnight.errors import BackendError, BlobError, OvernightError
+from overnight.engine.runner import ProgressFn, ShardAbandoned, fail_shard, run_shard
+from overnight.errors import BackendError, BlobError, OvernightError, RetryableError
 from overnight.store.sql import SqlStore
 
 log = logging.getLogger("overnight.worker")
@@ -197,6 +197,8 @@ class Worker:
     async def _run_shard(self, shard: Shard, token: str, stop: asyncio.Event | None) -> None:
         held = _Held(shard, token)
         self._held[(shard.batch_id, shard.seq)] = held
+        batch: Batch | None = None
+        input_key = ""
         try:
             batch = await self.store.get_batch(shard.batch_id)
             input_key, _ = await self.store.batch_input(batch.id)
@@ -205,28 +207,41 @@ class Worker:
             async def should_stop() -> bool:
                 if held.lost or (stop is not None and stop.is_set()):
                     return True
-                return await self._batch_state(batch.id) is not BatchState.RUNNING
+                return await self._batch_state(shard.batch_id) is not BatchState.RUNNING
 
-            try:
-                outcome = await run_shard(
-                    batch=batch,
-                    shard=shard,
-                    token=token,
-                    input_key=input_key,
-                    backend=backend,
-                    blobs=self.blobs,
-                    max_line=self.settings.shard_max_bytes,
-                    should_stop=should_stop,
-                    on_progress=self.on_progress,
+            outcome = await run_shard(
+                batch=batch,
+                shard=shard,
+                token=token,
+                input_key=input_key,
+                backend=backend,
+                blobs=self.blobs,
+                max_line=self.settings.shard_max_bytes,
+                should_stop=should_stop,
+                on_progress=self.on_progress,
+            )
+        except BaseException as exc:
+            if (
+                isinstance(exc, BackendError)
+                and not isinstance(exc, RetryableError)
+                and batch is not None
+                and shard.attempts >= self.settings.max_shard_attempts
+            ):
+                # The backend failed this shard every time: answer its lines with the
+                # error rather than retrying forever.
+                outcome = await fail_shard(
+                    batch, shard, token, input_key, self.blobs, self.settings.shard_max_bytes, exc
                 )
-            except BaseException as exc:
+            else:
                 # Abandoned, cancelled, backend down, or a bug: give the shard back so it
                 # is retried now rather than after its lease runs out.
                 with contextlib.suppress(OvernightError):
                     await asyncio.shield(self.store.release_shard(shard.batch_id, shard.seq, token))
+                self._held.pop((shard.batch_id, shard.seq), None)
                 if isinstance(exc, ShardAbandoned):
                     return
                 raise
+        try:
             committed = await self.store.commit_shard(
                 shard.batch_id, shard.seq, token, outcome, now=self.clock()
             )
