@@ -39,6 +39,8 @@ Options (``[models.NAME] options = {...}``):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import hashlib
 import importlib.util
@@ -48,7 +50,7 @@ import re
 import secrets
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -136,12 +138,15 @@ class TransformersBackend:
             raise BackendUnavailable(
                 f"model {self.name!r} needs torch and transformers ({exc}); run: {INSTALL_HINT}"
             ) from None
+        # Overnight shows its own progress; transformers' per-tensor bars would garble it.
+        transformers.utils.logging.disable_progress_bar()
         device = _pick_device(torch, self.settings.device)
         dtype = _pick_dtype(torch, self.settings.dtype, device)
         if "threads" in self.settings.options:
             torch.set_num_threads(int(self.settings.options["threads"]))
         try:
-            model, tokenizer = self._load_weights(transformers, dtype)
+            with _quiet_tqdm():  # the GGUF conversion draws a plain tqdm bar
+                model, tokenizer = self._load_weights(transformers, dtype)
             model.to(device)
         except ImportError as exc:
             raise BackendUnavailable(f"model {self.name!r}: {exc}; run: {INSTALL_HINT}") from None
@@ -310,6 +315,24 @@ class TransformersBackend:
 
 
 # ---- loading -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_tqdm() -> Iterator[None]:
+    """Silence the plain tqdm bar transformers draws while converting a GGUF file."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def _model_version(path: str | None) -> str:

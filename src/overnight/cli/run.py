@@ -44,6 +44,7 @@ class RunSummary:
     output: Path
     processed: int = 0  # requests this invocation ran (the rest were done before a resume)
     generated_tokens: int = 0
+    load_s: float = 0.0  # model start-up, excluded from the rates
 
 
 def _ref(path: Path, model: str, kind: BatchKind) -> str:
@@ -111,12 +112,15 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
     started = time.monotonic()
     batch = await _find_or_create(svc, req, console)
     processed = generated = 0
+    load_s = 0.0
     if not batch.finalized:
         if not svc.pool.loaded(batch.model_resolved):
+            loading = time.monotonic()
             with console.status(
                 f"Loading model {batch.model_resolved} (the first run converts and caches weights)…"
             ):
                 await svc.pool.get(batch.model_resolved)
+            load_s = time.monotonic() - loading
         with RunProgress(console, enabled=req.show_progress) as progress:
             worker = svc.worker(WorkerScope(batch_id=batch.id), on_progress=progress.on_progress)
             await worker.reap()  # free leases a killed run left behind
@@ -146,7 +150,8 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
         raise FailedPrecondition(
             f"batch {batch.id} ended {batch.state.value}: {batch.error}; partial results are in {req.output}"
         )
-    return RunSummary(batch, time.monotonic() - started, req.output, processed, generated)
+    wall = time.monotonic() - started
+    return RunSummary(batch, wall, req.output, processed, generated, load_s)
 
 
 def first_errors(path: Path, limit: int = 3) -> list[str]:
@@ -169,7 +174,7 @@ def first_errors(path: Path, limit: int = 3) -> list[str]:
 
 def print_summary(console: Console, summary: RunSummary) -> None:
     b = summary.batch
-    wall = max(summary.wall_s, 1e-9)
+    work = max(summary.wall_s - summary.load_s, 1e-9)
     console.print(
         f"[green]Done[/]: {b.succeeded_count} succeeded, "
         f"{'[red]' if b.failed_count else ''}{b.failed_count} failed{'[/]' if b.failed_count else ''} "
@@ -179,9 +184,11 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         f"Tokens: {b.usage.prompt_tokens} prompt + {b.usage.candidates_tokens} output "
         f"= {b.usage.total_tokens} total"
     )
+    loading = f" (model start-up {summary.load_s:.1f} s)" if summary.load_s >= 0.05 else ""
     console.print(
-        f"Wall time: {summary.wall_s:.1f} s; this run processed {summary.processed} requests "
-        f"({summary.processed / wall:.1f} req/s, {summary.generated_tokens / wall:.1f} output tok/s)"
+        f"Wall time: {summary.wall_s:.1f} s{loading}; this run processed {summary.processed} "
+        f"requests in {work:.1f} s ({summary.processed / work:.1f} req/s, "
+        f"{summary.generated_tokens / work:.1f} output tok/s)"
     )
     for message in first_errors(summary.output):
         console.print(f"  [red]error[/] {message}")
