@@ -431,3 +431,24 @@ def test_persistently_failing_backend_answers_lines_with_the_error(
         await svc.close()
 
     asyncio.run(go())
+
+
+def test_heartbeats_keep_a_slow_shard_from_being_taken(tmp_path: Path, database_url: str) -> None:
+    async def go() -> None:
+        settings = fake_settings(tmp_path, database_url, shard_size=2, lease_seconds=0.4)
+        settings.engine.heartbeat_seconds = 0.1
+        settings.models["slow"] = settings.models["echo"].model_copy(
+            update={"options": {"latency_s": 1.0, "max_batch_size": 2}}
+        )
+        svc = await build_services(settings)
+        src = write_jsonl(
+            tmp_path / "in.jsonl",
+            ({"key": f"k{i}", "request": request(f"n {i}")} for i in range(4)),
+        )
+        # Each call outlasts the lease 2.5 times over; only heartbeats keep it.
+        batch = await drive(svc, (await submit(svc, src, model="slow")).id, workers=3)
+        assert batch.state is BatchState.SUCCEEDED and batch.succeeded_count == 4
+        assert [s.attempts for s in await svc.store.list_shards(batch.id)] == [1, 1]
+        await svc.close()
+
+    asyncio.run(go())
