@@ -64,6 +64,41 @@ class EngineSettings(_Section):
     )
 
 
+class ServerSettings(_Section):
+    """The HTTP API (`overnight serve`)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach this server at, for upload and download URLs; "
+        "default: derived from each request's Host header.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve on a non-loopback address without API keys. Off by default: "
+        "anyone who can reach the port could read and run your batches.",
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest file accepted by the upload API (Gemini: 2 GB)."
+    )
+    max_inline_bytes: int = Field(
+        20 * 1024**2,
+        ge=1,
+        description="Largest batch-create request body with inline requests (Gemini: 20 MB).",
+    )
+    file_retention_hours: float = Field(
+        48.0, gt=0, description="Uploaded files are deleted this long after upload (Gemini: 48 h)."
+    )
+    upload_session_minutes: float = Field(
+        60.0, gt=0, description="How long a resumable upload URL stays valid."
+    )
+    embedded_workers: bool = Field(
+        True,
+        description="`overnight serve` also runs workers; turn off to run `overnight worker` apart.",
+    )
+
+
 class ModelSettings(_Section):
     """One entry of the model table (``[models.NAME]``)."""
 
@@ -152,6 +187,7 @@ class Settings(_Section):
     model_cache_dir: Path | None = Field(
         None, description="Where converted model weights are cached; default DATA_DIR/models."
     )
+    server: ServerSettings = Field(default_factory=ServerSettings, description="The HTTP API.")
     engine: EngineSettings = Field(
         default_factory=EngineSettings, description="Sharding and execution."
     )

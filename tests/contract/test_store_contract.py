@@ -18,6 +18,7 @@ from overnight.domain.batches import (
 )
 from overnight.domain.files import File, FileSource, FileState
 from overnight.errors import AlreadyExists, NotFound
+from overnight.store.migrations import MIGRATIONS
 from overnight.store.sql import SqlStore
 
 
@@ -88,9 +89,10 @@ def store(database_url: str):  # type: ignore[no-untyped-def]
 
 
 def test_migrations_are_applied_once(store: SqlStore, database_url: str) -> None:
-    assert asyncio.run(store.schema_version()) == 1
+    latest = MIGRATIONS[-1][0]
+    assert asyncio.run(store.schema_version()) == latest
     again = asyncio.run(SqlStore.open(database_url))  # reopening is a no-op
-    assert asyncio.run(again.schema_version()) == 1
+    assert asyncio.run(again.schema_version()) == latest
     asyncio.run(again.close())
 
 
@@ -296,5 +298,16 @@ def test_delete_batch_removes_shards(store: SqlStore) -> None:
         assert await store.list_shards("b1") == []
         with pytest.raises(NotFound):
             await store.get_batch("b1")
+
+    asyncio.run(go())
+
+
+def test_api_keys_map_hashes_to_tenants(store: SqlStore) -> None:
+    async def go() -> None:
+        assert await store.count_api_keys() == 0
+        await store.add_api_key("h1", "alice", "ovn_abc", now=1.0)
+        assert await store.tenant_for_key("h1") == "alice"
+        assert await store.tenant_for_key("nope") is None
+        assert await store.count_api_keys() == 1
 
     asyncio.run(go())

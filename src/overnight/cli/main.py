@@ -119,6 +119,99 @@ def run(
 
 
 @app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Serve the Gemini batch API, with embedded workers, on SQLite and local files by default.
+
+    Point the google-genai SDK at it with
+    http_options={"base_url": "http://127.0.0.1:8080"}.
+    """
+    from overnight.app import build_services
+    from overnight.cli.serve import serve as serve_api
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    async def main() -> None:
+        settings = _settings(config, data_dir)
+        services = await build_services(settings)
+        try:
+            await serve_api(
+                services,
+                host or settings.server.host,
+                settings.server.port if port is None else port,
+                console,
+            )
+        finally:
+            await services.close()
+
+    _run_async(main)
+
+
+@app.command()
+def worker(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Run workers only, against the configured store (scale out next to `serve`)."""
+    from overnight.app import build_services
+    from overnight.cli.serve import work
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    async def main() -> None:
+        services = await build_services(_settings(config, data_dir))
+        try:
+            await work(services, console)
+        finally:
+            await services.close()
+
+    _run_async(main)
+
+
+keys_app = typer.Typer(help="API keys: with any key configured, every request needs one.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[
+        str, typer.Argument(help="Tenant name: the key's files and batches belong to it.")
+    ],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create an API key for tenant NAME and print it (as the last word). Only its hash is stored."""
+    from overnight.api.auth import create_key
+    from overnight.store.sql import SqlStore
+
+    async def main() -> str:
+        settings = _settings(config, data_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await SqlStore.open(settings.resolved_database_url)
+        try:
+            return await create_key(store, name)
+        finally:
+            await store.close()
+
+    key = _run_async(main)
+    print(f"Created an API key for tenant {name} (it is shown once; store it safely): {key}")
+
+
+def _run_async(main: Any) -> Any:
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    except OvernightError as exc:
+        raise _fail(exc, 1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
 def models(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List the configured models and the aliases that map names onto them."""
     from overnight.catalog import ModelCatalog

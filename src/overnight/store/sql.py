@@ -126,6 +126,30 @@ class SqlStore:
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StoreError(f"metadata store error: {getattr(exc, 'orig', exc)}") from None
 
+    # ------------------------------------------------------------------- api keys
+
+    async def add_api_key(self, key_hash: str, tenant: str, prefix: str, *, now: float) -> None:
+        await self._run(
+            lambda c: c.execute(
+                insert(t.api_keys).values(
+                    key_hash=key_hash, tenant=tenant, prefix=prefix, create_time=now
+                )
+            )
+        )
+
+    async def tenant_for_key(self, key_hash: str) -> str | None:
+        def q(conn: Connection) -> str | None:
+            return conn.execute(
+                select(t.api_keys.c.tenant).where(t.api_keys.c.key_hash == key_hash)
+            ).scalar()
+
+        return await self._run(q)
+
+    async def count_api_keys(self) -> int:
+        return await self._run(
+            lambda c: int(c.execute(select(func.count()).select_from(t.api_keys)).scalar() or 0)
+        )
+
     # ---------------------------------------------------------------------- files
 
     async def create_file(self, file: File) -> None:

@@ -89,6 +89,28 @@ shards = Table(
     Index("ix_shards_state", "state", "batch_id"),
 )
 
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_hash", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False, index=True),
+    Column("prefix", String(16), nullable=False),
+    Column("create_time", Float, nullable=False),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("file_id", String(64), nullable=False),
+    Column("display_name", Text, nullable=False, default=""),
+    Column("mime_type", String(255), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("received", BigInteger, nullable=False, default=0),
+    Column("expire_time", Float, nullable=False),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,

@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-from overnight.store.migrations import m0001_initial
+from overnight.store.migrations import m0001_initial, m0002_api
 
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: files, batches, shards", m0001_initial.upgrade),
+    (2, "api keys and upload sessions", m0002_api.upgrade),
 ]

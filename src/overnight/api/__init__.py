@@ -1,0 +1,1 @@
+"""The HTTP surface: Gemini's batch, files and models API."""

@@ -1,0 +1,49 @@
+"""Request-scoped dependencies: the services, the caller's tenant, the public base URL."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from overnight.app import Services
+from overnight.errors import NotFound
+
+API_VERSIONS = frozenset({"v1", "v1beta", "v1alpha"})
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def get_tenant(request: Request) -> str:
+    key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+    tenant: str = await request.app.state.auth.tenant(key)
+    return tenant
+
+
+def check_version(version: str) -> str:
+    """The ``{version}`` path segment: v1, v1beta or v1alpha."""
+    if version not in API_VERSIONS:
+        raise NotFound(f"unknown API version {version!r}; use v1 or v1beta")
+    return version
+
+
+def public_base(request: Request) -> str:
+    """The base URL clients reach us at (for upload and download URLs), no trailing slash."""
+    configured = request.app.state.services.settings.server.public_url
+    if configured:
+        return str(configured).rstrip("/")
+    proto = request.headers.get("x-forwarded-proto") or request.url.scheme
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host")
+    if not host:
+        host = f"{request.url.hostname}:{request.url.port}"
+    prefix = request.scope.get("root_path", "")
+    return f"{proto}://{host}{prefix}".rstrip("/")
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+TenantDep = Annotated[str, Depends(get_tenant)]
+VersionDep = Annotated[str, Depends(check_version)]
+BaseDep = Annotated[str, Depends(public_base)]

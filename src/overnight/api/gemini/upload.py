@@ -1,0 +1,7 @@
+"""Gemini API routes: upload (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
