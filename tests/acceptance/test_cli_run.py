@@ -262,7 +262,11 @@ def test_ctrl_c_releases_work_and_the_rerun_resumes(tmp_path: Path) -> None:
     )
     args = ["run", "in.jsonl", "-o", "out.jsonl", "-m", "echo", "-d", "data", "-q"]
     proc = start(*args, cwd=tmp_path)
-    time.sleep(2.0)
+    shards = tmp_path / "data" / "blobs" / "batches"
+    deadline = time.monotonic() + 30
+    while not list(shards.glob("*/shards/*.jsonl")):  # interrupt mid-run, not mid-import
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, output

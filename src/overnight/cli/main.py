@@ -258,7 +258,10 @@ def version() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling began
+        sys.exit(130)
 
 
 if __name__ == "__main__":
