@@ -15,6 +15,7 @@ HERE = Path(__file__).parent
 BENCHES = [
     ["bench_engine.py", "--requests", "100000"],
     ["bench_admission.py", "--size-mb", "1024"],
+    ["bench_upload.py", "--size-mb", "1024"],
     ["bench_generate.py"],
 ]
 

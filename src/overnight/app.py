@@ -12,6 +12,7 @@ from overnight.engine.worker import Worker, WorkerScope
 from overnight.errors import ConfigError
 from overnight.services.batches import BatchService
 from overnight.services.files import FileService
+from overnight.services.generation import GenerationService
 from overnight.store.sql import SqlStore
 
 
@@ -24,6 +25,7 @@ class Services:
     pool: BackendPool
     files: FileService
     batches: BatchService
+    generation: GenerationService
 
     def worker(self, scope: WorkerScope | None = None, **kwargs: object) -> Worker:
         """A worker over this process's store, blobs and started backends."""
@@ -51,8 +53,9 @@ async def build_services(settings: Settings) -> Services:
     store = await SqlStore.open(settings.resolved_database_url)
     blobs = LocalBlobStore(settings.resolved_blob_dir)
     pool = BackendPool(catalog, settings.resolved_model_cache_dir)
-    files = FileService(store, blobs, retention_s=None)
+    files = FileService(store, blobs, retention_s=settings.server.file_retention_hours * 3600)
     batches = BatchService(
         store, blobs, catalog, files, expiry_s=settings.engine.batch_expiry_hours * 3600
     )
-    return Services(settings, store, blobs, catalog, pool, files, batches)
+    generation = GenerationService(catalog, pool)
+    return Services(settings, store, blobs, catalog, pool, files, batches, generation)

@@ -222,3 +222,16 @@ def test_settings_rejects_unknown_top_level_keys() -> None:
     with pytest.raises(ConfigError, match="shard_size"):
         load_settings(environ={}, overrides={"shard_size": 3})
     assert "shard_size" not in Settings.model_fields
+
+
+def test_client_variables_do_not_disturb_the_settings() -> None:
+    from overnight.config import load_settings
+
+    settings = load_settings(
+        environ={
+            "OVERNIGHT_SERVER_URL": "http://gpu-box:8080",
+            "OVERNIGHT_API_KEY": "ovn_x",
+            "OVERNIGHT_SERVER__PORT": "9000",
+        }
+    )
+    assert settings.server.port == 9000

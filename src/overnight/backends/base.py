@@ -73,6 +73,10 @@ class Backend(Protocol):
         """One outcome per request, in order."""
         ...
 
+    async def count_tokens(self, requests: Sequence[GenerateRequest | EmbedRequest]) -> list[int]:
+        """Prompt tokens per request, in order, as this model would count them."""
+        ...
+
     async def close(self) -> None:
         """Release weights and connections."""
 

@@ -92,6 +92,13 @@ class FakeBackend:
             model_version=self.capabilities.model_version,
         )
 
+    async def count_tokens(self, requests: Sequence[GenerateRequest | EmbedRequest]) -> list[int]:
+        """One token per word, as ``generate`` and ``embed`` count them."""
+        return [
+            len((r.content.text if isinstance(r, EmbedRequest) else prompt_text(r)).split())
+            for r in requests
+        ]
+
     async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
         await self._pause()
         return [self._embed_one(r) for r in requests]

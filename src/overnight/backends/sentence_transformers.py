@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome
+from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
 from overnight.backends.local import INSTALL_HINT, ModelThread, check_options
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
@@ -88,6 +88,10 @@ class SentenceTransformersBackend:
         """One unit vector per request, in order. Raises RetryableError when out of memory."""
         return await self._thread.call(self._embed, list(requests))
 
+    async def count_tokens(self, requests: Sequence[GenerateRequest | EmbedRequest]) -> list[int]:
+        """Input tokens per request, without special tokens (as ``tokenCount``)."""
+        return await self._thread.call(self._count_tokens, list(requests))
+
     async def close(self) -> None:
         if self._thread.running:
             await self._thread.call(self._unload)
@@ -138,6 +142,11 @@ class SentenceTransformersBackend:
             or self.capabilities.embedding_dimensions,
             extra={"device": str(model.device), "dtype": str(dtype).removeprefix("torch.")},
         )
+
+    def _count_tokens(self, requests: list[GenerateRequest | EmbedRequest]) -> list[int]:
+        self._load()
+        texts = [_text(r) if isinstance(r, EmbedRequest) else prompt_text(r) for r in requests]
+        return [len(ids) for ids in _token_ids(self._model.tokenizer, texts)] if texts else []
 
     def _embed(self, requests: list[EmbedRequest]) -> list[EmbedOutcome]:
         import numpy as np

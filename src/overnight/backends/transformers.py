@@ -119,12 +119,29 @@ class TransformersBackend:
         why = f"model {self.capabilities.model_version} does not produce embeddings"
         return [RequestRejected(why) for _ in requests]
 
+    async def count_tokens(self, requests: Sequence[GenerateRequest | EmbedRequest]) -> list[int]:
+        """Prompt tokens after the chat template, as ``promptTokenCount`` reports them.
+
+        Raises ``RequestRejected`` when the chat template refuses a request's turns.
+        """
+        return await self._thread.call(self._count_tokens, list(requests))
+
     async def close(self) -> None:
         if self._thread.running:
             await self._thread.call(self._unload)
             self._thread.shutdown()
 
     # ---- on the backend's thread ------------------------------------------------------
+
+    def _count_tokens(self, requests: list[GenerateRequest | EmbedRequest]) -> list[int]:
+        self._load()
+        texts = [
+            r.content.text if isinstance(r, EmbedRequest) else self._template(r) for r in requests
+        ]
+        if not texts:
+            return []
+        ids: list[list[int]] = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(one) for one in ids]
 
     def _load(self) -> None:
         if self._model is not None:

@@ -250,6 +250,145 @@ def show(
     Console().print(render_results(results, width=width))
 
 
+ServerUrl = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="OVERNIGHT_SERVER_URL",
+        help="Base URL of a running `overnight serve`. Default: $OVERNIGHT_SERVER_URL or "
+        "http://127.0.0.1:8080.",
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="API key, if the server requires one. Default: $OVERNIGHT_API_KEY, "
+        "$GEMINI_API_KEY or $GOOGLE_API_KEY.",
+        show_default=False,
+    ),
+]
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+def _client_call(server: str, api_key: str | None, use: Any) -> Any:
+    """Run ``use(client)``; a server error or an unreachable server exits 1 with its message."""
+    from overnight.cli.client import OvernightClient, default_api_key
+
+    try:
+        with OvernightClient(server, api_key or default_api_key()) as client:
+            return use(client)
+    except OvernightError as exc:
+        raise _fail(exc, 1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def submit(
+    input: Annotated[Path, typer.Argument(help='JSONL file: one {"key", "request"} per line.')],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name or alias.")],
+    kind: Annotated[
+        BatchKind | None,
+        typer.Option("--kind", "-k", help="generate or embed. Default: from the model."),
+    ] = None,
+    display_name: Annotated[
+        str | None, typer.Option("--display-name", help="The batch's display name.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Show progress until the batch ends.")
+    ] = False,
+    server: ServerUrl = DEFAULT_SERVER,
+    api_key: ApiKey = None,
+) -> None:
+    """Upload INPUT to a running server and create a batch on it; prints the batch name."""
+    from overnight.cli.client import OvernightClient, state_of, wait_for
+
+    if not input.is_file():
+        console.print(f"[bold red]error:[/] {input} does not exist or is not a file")
+        raise typer.Exit(2)
+
+    def use(client: OvernightClient) -> str:
+        batch_kind = kind or client.model_kind(model)
+        file = client.upload(input, display_name)
+        operation = client.create_batch(model, batch_kind, file["name"], display_name)
+        print(operation["name"], flush=True)
+        if not wait:
+            return "SUCCEEDED"
+        return state_of(wait_for(client, operation["name"], console))
+
+    state = _client_call(server, api_key, use)
+    if state != "SUCCEEDED":
+        console.print(f"[bold red]Batch ended {state}.[/] See `overnight status`.")
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    batch: Annotated[str, typer.Argument(help="Batch name (batches/ID or ID).")],
+    server: ServerUrl = DEFAULT_SERVER,
+    api_key: ApiKey = None,
+) -> None:
+    """Show a batch's state, counters and results file."""
+    from overnight.cli.client import describe
+
+    operation = _client_call(server, api_key, lambda client: client.get_batch(batch))
+    Console().print(describe(operation))
+
+
+@app.command("ls")
+def list_batches(
+    page_size: Annotated[int, typer.Option("--page-size", help="Batches per page.")] = 50,
+    page_token: Annotated[
+        str | None, typer.Option("--page-token", help="Page token from an earlier listing.")
+    ] = None,
+    server: ServerUrl = DEFAULT_SERVER,
+    api_key: ApiKey = None,
+) -> None:
+    """List batches on the server, newest first."""
+    from overnight.cli.client import batches_table
+
+    listing = _client_call(
+        server, api_key, lambda client: client.list_batches(page_size, page_token)
+    )
+    out = Console()
+    if not out.is_terminal:  # piped: keep rows whole for grep and friends
+        out = Console(width=160)
+    out.print(batches_table(listing))
+    if listing.get("nextPageToken"):
+        console.print(f"More: --page-token {listing['nextPageToken']}")
+
+
+@app.command()
+def results(
+    batch: Annotated[str, typer.Argument(help="Batch name (batches/ID or ID).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")],
+    server: ServerUrl = DEFAULT_SERVER,
+    api_key: ApiKey = None,
+) -> None:
+    """Download a finished batch's results (JSONL, one line per key) to OUTPUT."""
+    from overnight.cli.client import results_to
+
+    console.print(_client_call(server, api_key, lambda client: results_to(client, batch, output)))
+
+
+@app.command()
+def cancel(
+    batch: Annotated[str, typer.Argument(help="Batch name (batches/ID or ID).")],
+    server: ServerUrl = DEFAULT_SERVER,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a pending or running batch (finished requests keep their results)."""
+    from overnight.cli.client import OvernightClient, batch_name, state_of
+
+    def use(client: OvernightClient) -> str:
+        client.cancel_batch(batch)
+        return state_of(client.get_batch(batch))
+
+    state = _client_call(server, api_key, use)
+    console.print(f"{batch_name(batch)}: cancel requested; state {state}")
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -17,7 +18,12 @@ from overnight.api.auth import is_loopback
 from overnight.app import Services
 from overnight.errors import ConfigError
 
+if TYPE_CHECKING:
+    from overnight.services.uploads import UploadService
+
 log = logging.getLogger("overnight.serve")
+
+SWEEP_SECONDS = 60.0
 
 
 def check_bind(services: Services, host: str) -> None:
@@ -34,6 +40,7 @@ def check_bind(services: Services, host: str) -> None:
 async def serve(services: Services, host: str, port: int, console: Console) -> None:
     import uvicorn
 
+    from overnight.api.gemini.upload import upload_service_for
     from overnight.api.server import create_app
 
     if not is_loopback(host) and await services.store.count_api_keys() == 0:
@@ -43,6 +50,8 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     worker_task = None
+    app.state.uploads = upload_service_for(services)
+    sweep_task = asyncio.create_task(sweep_expired(services, app.state.uploads, stop))
     if services.settings.server.embedded_workers:
         worker_task = asyncio.create_task(services.worker().run(stop))
     console.print(f"Overnight serving on http://{host}:{port} (Ctrl-C to stop)")
@@ -50,9 +59,26 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
         await server.serve()
     finally:
         stop.set()
+        with contextlib.suppress(Exception):
+            await sweep_task
         if worker_task is not None:
             with contextlib.suppress(Exception):
                 await worker_task
+
+
+async def sweep_expired(services: Services, uploads: UploadService, stop: asyncio.Event) -> None:
+    """Every ``SWEEP_SECONDS`` until ``stop``: delete files past their retention and
+    abandoned upload sessions. A failed sweep is logged and retried next time."""
+    while not stop.is_set():
+        try:
+            files = await services.files.sweep_expired()
+            sessions = await uploads.sweep_expired()
+            if files or sessions:
+                log.info("expired %d files and %d upload sessions", files, sessions)
+        except Exception:
+            log.exception("expired-file sweep failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_SECONDS)
 
 
 async def work(services: Services, console: Console) -> None:

@@ -145,6 +145,51 @@ class BatchService:
     async def get(self, tenant: str | None, batch_id: str) -> Batch:
         return await self.store.get_batch(batch_id.removeprefix("batches/"), tenant)
 
+    async def list_page(
+        self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[Batch]:
+        """Newest first; ``after`` is the (create_time, id) of the previous page's last batch."""
+        return await self.store.list_batches(tenant, limit=limit, after=after)
+
+    async def inline_results(self, batch: Batch) -> list[dict[str, Any]]:
+        """An inline batch's result lines, in input order, read from its responses file.
+
+        Requests that never ran (a cancelled or expired batch keeps only the shards that
+        finished) get a CANCELLED or DEADLINE_EXCEEDED error line, so that position
+        ``i`` always answers request ``i``. Empty until the batch is finalized.
+        """
+        if not batch.inline or not batch.output_file_id:
+            return []
+        file = await self.files.get(None, batch.output_file_id)
+        found = await asyncio.to_thread(_read_lines, self.blobs, file.blob_key)
+        by_index: dict[int, dict[str, Any]] = {}
+        extra: list[dict[str, Any]] = []
+        for line in found:
+            key = line.get("key")
+            if isinstance(key, str) and key.isdigit():
+                by_index[int(key)] = line
+            else:
+                extra.append(line)
+        count = max(batch.request_count, max(by_index, default=-1) + 1)
+        status, code = (
+            ("DEADLINE_EXCEEDED", 4) if batch.state is BatchState.EXPIRED else ("CANCELLED", 1)
+        )
+        missing = {
+            "code": code,
+            "message": f"not run: {batch.name} ended {batch.state.value} before this request ran",
+            "status": status,
+            "details": [],
+        }
+        lines = [by_index.get(i, {"key": str(i), "error": missing}) for i in range(count)]
+        # A line the engine could not parse has no metadata; echo it from the input.
+        unechoed = {i for i, line in enumerate(lines) if "error" in line and "metadata" not in line}
+        if unechoed:
+            input_key, _ = await self.store.batch_input(batch.id)
+            found_meta = await asyncio.to_thread(_read_metadata, self.blobs, input_key, unechoed)
+            for i, metadata in found_meta.items():
+                lines[i] = {**lines[i], "metadata": metadata}
+        return lines + extra
+
     async def cancel(self, tenant: str | None, batch_id: str) -> Batch:
         """Cancel a PENDING or RUNNING batch. Work already done stays downloadable."""
         batch = await self.get(tenant, batch_id)
@@ -158,9 +203,36 @@ class BatchService:
         return await self.get(tenant, batch.id)
 
     async def delete(self, tenant: str | None, batch_id: str) -> None:
-        """Delete a batch and its generated outputs (not the user's input file)."""
+        """Delete a batch and its generated outputs (not the user's input file).
+
+        A batch still running is cancelled first, so that workers stop taking its shards.
+        """
+        current = await self.get(tenant, batch_id)
+        if not current.state.terminal:
+            await self.store.transition(current.id, BatchState.CANCELLED, now=time.time())
         batch = await self.store.delete_batch(batch_id.removeprefix("batches/"), tenant)
         if batch.output_file_id:
             with contextlib.suppress(NotFound):
                 await self.files.delete(None, batch.output_file_id)
         await asyncio.to_thread(self.blobs.delete, f"batches/{batch.id}/")
+
+
+def _read_lines(blobs: BlobStore, key: str) -> list[dict[str, Any]]:
+    with blobs.open_read(key) as f:
+        return [orjson.loads(raw) for raw in f if raw.strip()]
+
+
+def _read_metadata(blobs: BlobStore, key: str, wanted: set[int]) -> dict[int, Any]:
+    """The ``metadata`` of the inline input lines numbered ``wanted`` (0-based)."""
+    found: dict[int, Any] = {}
+    last = max(wanted)
+    with blobs.open_read(key) as f:
+        for i, raw in enumerate(f):
+            if i in wanted:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    line = orjson.loads(raw)
+                    if isinstance(line, dict) and line.get("metadata") is not None:
+                        found[i] = line["metadata"]
+            if i >= last:
+                break
+    return found

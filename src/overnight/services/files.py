@@ -1,15 +1,15 @@
-"""File use-cases: import bytes as a file, read, list, delete."""
+"""File use-cases: import bytes as a file, read, list, download, delete, expire."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from overnight.blobs.base import BlobStore
 from overnight.domain.files import File, FileSource, FileState
-from overnight.errors import InvalidArgument, NotFound
+from overnight.errors import FailedPrecondition, InvalidArgument, NotFound
 from overnight.services.ids import new_id
 from overnight.store.sql import SqlStore
 
@@ -17,6 +17,8 @@ COPY_CHUNK = 1 << 20
 
 
 class FileService:
+    """Files of a tenant. ``retention_s`` sets the expiry of uploaded files (None: never)."""
+
     def __init__(self, store: SqlStore, blobs: BlobStore, *, retention_s: float | None) -> None:
         self.store = store
         self.blobs = blobs
@@ -91,6 +93,32 @@ class FileService:
     async def get(self, tenant: str | None, file_id: str) -> File:
         return await self.store.get_file(file_id.removeprefix("files/"), tenant)
 
+    async def list_page(
+        self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[File]:
+        """Newest first; ``after`` is the (create_time, id) of the previous page's last file."""
+        return await self.store.list_files(tenant, limit=limit, after=after)
+
+    async def open_download(self, tenant: str | None, file_id: str) -> tuple[File, Iterator[bytes]]:
+        """A GENERATED file and a (blocking) iterator over its bytes, in 1 MiB chunks.
+
+        Raises ``NotFound``, or ``FailedPrecondition`` for uploaded files, which Gemini
+        does not serve back either.
+        """
+        file = await self.get(tenant, file_id)
+        if file.source is not FileSource.GENERATED:
+            raise FailedPrecondition(
+                f"only generated files can be downloaded; {file.name} was uploaded"
+            )
+        handle = await asyncio.to_thread(self.blobs.open_read, file.blob_key)
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(COPY_CHUNK):
+                    yield chunk
+
+        return file, chunks()
+
     async def copy_to(self, file: File, target: Path) -> None:
         """Write a file's bytes to a local path atomically (temporary name, then rename)."""
 
@@ -107,3 +135,13 @@ class FileService:
     async def delete(self, tenant: str | None, file_id: str) -> None:
         file = await self.store.delete_file(file_id.removeprefix("files/"), tenant)
         await asyncio.to_thread(self.blobs.delete, file.blob_key)
+
+    async def sweep_expired(self, now: float | None = None) -> int:
+        """Delete files past their expiry (rows, then blobs); returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        while expired := await self.store.take_expired_files(now):
+            for file in expired:
+                await asyncio.to_thread(self.blobs.delete, file.blob_key)
+            removed += len(expired)
+        return removed

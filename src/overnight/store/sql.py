@@ -50,6 +50,7 @@ from overnight.domain.batches import (
     allowed_sources,
 )
 from overnight.domain.files import File, FileSource, FileState
+from overnight.domain.uploads import Upload
 from overnight.errors import AlreadyExists, NotFound, StoreError
 from overnight.store import tables as t
 from overnight.store.migrations import MIGRATIONS
@@ -173,6 +174,110 @@ class SqlStore:
             row = _owned_row(conn, t.files, file_id, tenant)
             conn.execute(delete(t.files).where(t.files.c.id == file_id))
             return _file(row)
+
+        return await self._run(q)
+
+    async def take_expired_files(self, now: float, *, limit: int = 1000) -> list[File]:
+        """Delete up to ``limit`` files whose ``expire_time`` has passed; return them.
+
+        A file that is the input of a batch not yet finalized is kept until it is: the
+        batch still reads it. The caller deletes the blobs.
+        """
+        f, b = t.files, t.batches
+        in_use = exists().where(b.c.input_file_id == f.c.id, not_(b.c.finalized))
+
+        def q(conn: Connection) -> list[File]:
+            stmt = (
+                select(f)
+                .where(f.c.expire_time.is_not(None), f.c.expire_time < now, not_(in_use))
+                .limit(limit)
+            )
+            rows = [_file(r) for r in conn.execute(stmt).mappings()]
+            if rows:
+                conn.execute(delete(f).where(f.c.id.in_([r.id for r in rows])))
+            return rows
+
+        return await self._run(q)
+
+    # -------------------------------------------------------------- upload sessions
+
+    async def create_upload(self, upload: Upload) -> None:
+        """Record a session. Raises ``AlreadyExists`` if its file id is taken by a
+        file or by another open session."""
+        u = t.uploads
+
+        def q(conn: Connection) -> None:
+            taken = (
+                conn.execute(select(t.files.c.id).where(t.files.c.id == upload.file_id)).first()
+                or conn.execute(select(u.c.id).where(u.c.file_id == upload.file_id)).first()
+            )
+            if taken:
+                raise AlreadyExists(f"file files/{upload.file_id} already exists")
+            conn.execute(insert(u).values(**_upload_row(upload)))
+
+        await self._run(q)
+
+    async def get_upload(self, upload_id: str, *, now: float) -> Upload:
+        """An open, unexpired session. Raises ``NotFound``."""
+
+        def q(conn: Connection) -> Upload:
+            row = (
+                conn.execute(
+                    select(t.uploads).where(
+                        t.uploads.c.id == upload_id, t.uploads.c.expire_time >= now
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFound(
+                    "upload session not found: it expired, was finalized, or never existed"
+                )
+            return _upload(row)
+
+        return await self._run(q)
+
+    async def advance_upload(
+        self, upload_id: str, received: int, new_received: int, *, expire_time: float
+    ) -> bool:
+        """Move ``received`` forward (and the expiry with it) if it still is ``received``.
+        True if it moved."""
+
+        def q(conn: Connection) -> bool:
+            res = conn.execute(
+                update(t.uploads)
+                .where(t.uploads.c.id == upload_id, t.uploads.c.received == received)
+                .values(received=new_received, expire_time=expire_time)
+            )
+            return res.rowcount == 1
+
+        return await self._run(q)
+
+    async def finish_upload(self, upload_id: str, file: File) -> None:
+        """Close the session and record its file, in one transaction. Raises ``NotFound``
+        if the session is gone (finalized concurrently, or swept)."""
+
+        def q(conn: Connection) -> None:
+            res = conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
+            if res.rowcount != 1:
+                raise NotFound("upload session not found: it expired or was finalized")
+            conn.execute(insert(t.files).values(**_file_row(file)))
+
+        await self._run(q)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._run(lambda c: c.execute(delete(t.uploads).where(t.uploads.c.id == upload_id)))
+
+    async def take_expired_uploads(self, now: float) -> list[Upload]:
+        """Delete sessions past their expiry; return them (the caller removes staging blobs)."""
+
+        def q(conn: Connection) -> list[Upload]:
+            stmt = select(t.uploads).where(t.uploads.c.expire_time < now)
+            rows = [_upload(r) for r in conn.execute(stmt).mappings()]
+            if rows:
+                conn.execute(delete(t.uploads).where(t.uploads.c.id.in_([r.id for r in rows])))
+            return rows
 
         return await self._run(q)
 
@@ -724,6 +829,32 @@ def _file(row: Any) -> File:
         state=FileState(row["state"]),
         create_time=row["create_time"],
         update_time=row["update_time"],
+        expire_time=row["expire_time"],
+    )
+
+
+def _upload_row(upload: Upload) -> dict[str, Any]:
+    return {
+        "id": upload.id,
+        "tenant": upload.tenant,
+        "file_id": upload.file_id,
+        "display_name": upload.display_name,
+        "mime_type": upload.mime_type,
+        "size_bytes": upload.size_bytes,
+        "received": upload.received,
+        "expire_time": upload.expire_time,
+    }
+
+
+def _upload(row: Any) -> Upload:
+    return Upload(
+        id=row["id"],
+        tenant=row["tenant"],
+        file_id=row["file_id"],
+        display_name=row["display_name"],
+        mime_type=row["mime_type"],
+        size_bytes=int(row["size_bytes"]),
+        received=int(row["received"]),
         expire_time=row["expire_time"],
     )
 

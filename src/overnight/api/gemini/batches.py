@@ -1,7 +1,193 @@
-"""Gemini API routes: batches (being built)."""
+"""Gemini API routes: batches (spec §4–§8).
+
+``POST /{v}/models/{model}:batchGenerateContent`` and ``:asyncBatchEmbedContent`` create a
+batch from inline requests or an uploaded file; ``GET /{v}/batches[/{id}]``,
+``POST /{v}/batches/{id}:cancel`` and ``DELETE /{v}/batches/{id}`` manage it. Every batch
+is rendered as an Operation (``operations.py``). Bodies are parsed like proto3 JSON:
+camelCase and snake_case are both accepted.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+
+from overnight.api.deps import ServicesDep, TenantDep, VersionDep
+from overnight.api.gemini.operations import inlined_item, render_operation
+from overnight.app import Services
+from overnight.domain.batches import Batch, BatchKind
+from overnight.errors import InvalidArgument
 
 router = APIRouter()
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def _field(obj: dict[str, Any], camel: str, snake: str) -> Any:
+    """A field in either spelling (proto3 JSON); None when absent."""
+    value = obj.get(camel)
+    return obj.get(snake) if value is None else value
+
+
+async def _read_body(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON object body, refused past ``limit`` bytes without reading it all."""
+    too_big = InvalidArgument(
+        f"the batch-create request is larger than the {limit}-byte limit for inline requests "
+        "(server.max_inline_bytes); upload the requests as a JSONL file and create a file "
+        'batch with {"inputConfig": {"fileName": "files/..."}} instead'
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    try:
+        parsed = orjson.loads(bytes(body)) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"invalid JSON payload: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument('the body must be a JSON object: {"batch": {...}}')
+    return parsed
+
+
+def _inline_requests(requests: Any) -> list[dict[str, Any]]:
+    """Shape check only; each request's content is checked by the engine, per line."""
+    items = requests.get("requests") if isinstance(requests, dict) else None
+    if not isinstance(items, list):
+        raise InvalidArgument(
+            "batch.inputConfig.requests must be an object holding a list: "
+            '{"requests": [{"request": {...}, "metadata": {...}}]}'
+        )
+    if not items:
+        raise InvalidArgument("batch.inputConfig.requests.requests is empty")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "request" not in item:
+            raise InvalidArgument(
+                f"batch.inputConfig.requests.requests[{i}] must be an object with a 'request'"
+            )
+    return items
+
+
+async def _create(
+    request: Request, services: Services, tenant: str, model: str, kind: BatchKind
+) -> dict[str, Any]:
+    body = await _read_body(request, services.settings.server.max_inline_bytes)
+    batch = body.get("batch")
+    if not isinstance(batch, dict):
+        raise InvalidArgument('the body must hold the batch: {"batch": {"inputConfig": ...}}')
+    display_name = _field(batch, "displayName", "display_name") or ""
+    if not isinstance(display_name, str):
+        raise InvalidArgument("batch.displayName must be a string")
+    config = _field(batch, "inputConfig", "input_config")
+    if not isinstance(config, dict):
+        raise InvalidArgument(
+            'batch.inputConfig is required: {"requests": {"requests": [...]}} or {"fileName": "files/..."}'
+        )
+    file_name = _field(config, "fileName", "file_name")
+    requests = config.get("requests")
+    if (file_name is None) == (requests is None):
+        raise InvalidArgument("batch.inputConfig needs exactly one of 'requests' and 'fileName'")
+    if file_name is not None:
+        if not isinstance(file_name, str) or not file_name:
+            raise InvalidArgument("batch.inputConfig.fileName must be a file name: files/ID")
+        created = await services.batches.create_from_file(
+            tenant, model=model, kind=kind, file_id=file_name, display_name=display_name
+        )
+    else:
+        created = await services.batches.create_inline(
+            tenant,
+            model=model,
+            kind=kind,
+            requests=_inline_requests(requests),
+            display_name=display_name,
+        )
+    return render_operation(created)
+
+
+async def _render(services: Services, batch: Batch) -> dict[str, Any]:
+    lines = await services.batches.inline_results(batch)
+    return render_operation(batch, [inlined_item(line) for line in lines])
+
+
+@router.post("/{version}/models/{model}:batchGenerateContent")
+async def batch_generate_content(
+    version: VersionDep, model: str, request: Request, services: ServicesDep, tenant: TenantDep
+) -> dict[str, Any]:
+    """Create a generate-content batch (spec §4)."""
+    return await _create(request, services, tenant, model, BatchKind.GENERATE)
+
+
+@router.post("/{version}/models/{model}:asyncBatchEmbedContent")
+async def async_batch_embed_content(
+    version: VersionDep, model: str, request: Request, services: ServicesDep, tenant: TenantDep
+) -> dict[str, Any]:
+    """Create an embeddings batch (spec §5)."""
+    return await _create(request, services, tenant, model, BatchKind.EMBED)
+
+
+def _encode_token(batch: Batch) -> str:
+    raw = orjson.dumps([batch.create_time, batch.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        create_time, batch_id = orjson.loads(raw)
+        if not isinstance(batch_id, str):
+            raise ValueError(batch_id)
+        return float(create_time), batch_id
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidArgument(
+            f"pageToken {token!r} is not valid; pass the nextPageToken of the previous page"
+        ) from None
+
+
+@router.get("/{version}/batches")
+async def list_batches(
+    version: VersionDep,
+    services: ServicesDep,
+    tenant: TenantDep,
+    pageSize: int | None = None,
+    pageToken: str | None = None,
+) -> dict[str, Any]:
+    """Batches newest first, as ``{"operations": [...], "nextPageToken"?}``."""
+    size = DEFAULT_PAGE_SIZE if not pageSize or pageSize <= 0 else min(pageSize, MAX_PAGE_SIZE)
+    after = _decode_token(pageToken) if pageToken else None
+    page = await services.batches.list_page(tenant, limit=size + 1, after=after)
+    body: dict[str, Any] = {"operations": [await _render(services, batch) for batch in page[:size]]}
+    if len(page) > size:
+        body["nextPageToken"] = _encode_token(page[size - 1])
+    return body
+
+
+@router.post("/{version}/batches/{batch_id}:cancel")
+async def cancel_batch(
+    version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
+) -> dict[str, Any]:
+    """Best effort: the batch ends CANCELLED; finished requests stay in its output."""
+    await services.batches.cancel(tenant, batch_id)
+    return {}
+
+
+@router.get("/{version}/batches/{batch_id}")
+async def get_batch(
+    version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
+) -> dict[str, Any]:
+    return await _render(services, await services.batches.get(tenant, batch_id))
+
+
+@router.delete("/{version}/batches/{batch_id}")
+async def delete_batch(
+    version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
+) -> dict[str, Any]:
+    await services.batches.delete(tenant, batch_id)
+    return {}

@@ -1,7 +1,122 @@
-"""Gemini API routes: files (being built)."""
+"""Gemini API routes: files (spec §3.3-3.5): get, list, delete, download.
+
+``render_file`` is the one place a file becomes wire JSON; batch routes use it too.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from overnight.api.deps import BaseDep, ServicesDep, TenantDep, VersionDep
+from overnight.api.wire import int64, timestamp
+from overnight.domain.files import File, FileSource
+from overnight.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 100
 
 router = APIRouter()
+
+
+def render_file(file: File, base: str, version: str) -> dict[str, Any]:
+    """The File resource, camelCase. ``downloadUri`` only for generated files."""
+    body: dict[str, Any] = {
+        "name": file.name,
+        "displayName": file.display_name,
+        "mimeType": file.mime_type,
+        "sizeBytes": int64(file.size_bytes),
+        "createTime": timestamp(file.create_time),
+        "updateTime": timestamp(file.update_time),
+        "sha256Hash": file.sha256,
+        "uri": f"{base}/{version}/files/{file.id}",
+        "state": file.state.value,
+        "source": file.source.value,
+    }
+    if file.expire_time is not None:
+        body["expirationTime"] = timestamp(file.expire_time)
+    if file.source is FileSource.GENERATED:
+        body["downloadUri"] = f"{base}/{version}/files/{file.id}:download?alt=media"
+    return body
+
+
+def encode_page_token(file: File) -> str:
+    raw = json.dumps([file.create_time, file.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """Raises ``InvalidArgument`` for a token we did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        create_time, file_id = json.loads(raw)
+        return float(create_time), str(file_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidArgument(
+            f"pageToken {token!r} is invalid: pass the nextPageToken of a previous page"
+        ) from None
+
+
+async def _download(services: ServicesDep, tenant: str, file_id: str) -> StreamingResponse:
+    file, chunks = await services.files.open_download(tenant, file_id)
+    media_type = file.mime_type if "/" in file.mime_type else "application/octet-stream"
+    return StreamingResponse(
+        chunks, media_type=media_type, headers={"Content-Length": str(file.size_bytes)}
+    )
+
+
+# ``:download`` routes come before ``files/{file_id}``, which would otherwise match them.
+@router.get("/{version}/files/{file_id}:download")
+async def download_file(
+    version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep
+) -> StreamingResponse:
+    """The bytes of a generated file (``?alt=media``), streamed."""
+    return await _download(services, tenant, file_id)
+
+
+@router.get("/download/{version}/files/{file_id}:download")
+async def download_file_docs_path(
+    version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep
+) -> StreamingResponse:
+    """The same, under the path the Gemini docs' REST example uses."""
+    return await _download(services, tenant, file_id)
+
+
+@router.get("/{version}/files/{file_id}")
+async def get_file(
+    version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep, base: BaseDep
+) -> dict[str, Any]:
+    file = await services.files.get(tenant, file_id)
+    return render_file(file, base, version)
+
+
+@router.get("/{version}/files")
+async def list_files(
+    version: VersionDep,
+    services: ServicesDep,
+    tenant: TenantDep,
+    base: BaseDep,
+    page_size: int = Query(DEFAULT_PAGE_SIZE, alias="pageSize"),
+    page_token: str | None = Query(None, alias="pageToken"),
+) -> dict[str, Any]:
+    """Newest first; ``nextPageToken`` while more remain."""
+    limit = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
+    after = decode_page_token(page_token) if page_token else None
+    files = await services.files.list_page(tenant, limit=limit + 1, after=after)
+    body: dict[str, Any] = {"files": [render_file(f, base, version) for f in files[:limit]]}
+    if len(files) > limit:
+        body["nextPageToken"] = encode_page_token(files[limit - 1])
+    return body
+
+
+@router.delete("/{version}/files/{file_id}")
+async def delete_file(
+    version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep
+) -> dict[str, Any]:
+    await services.files.delete(tenant, file_id)
+    return {}

@@ -1,0 +1,274 @@
+"""The seed articles' Python samples, run with the real ``google-genai`` SDK.
+
+Only the client line differs from the articles: it points ``base_url`` at an
+``overnight serve`` subprocess. The articles' polling loop sleeps 30 s between polls;
+``time.sleep`` is shortened for the test, the loop itself is unchanged. Every test runs
+against the SDK's default API version (v1 in google-genai 3.x) and against v1beta.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google import genai
+from google.genai import errors, types
+from tests.serving import FAKE_MODELS, running_server
+
+FAKE_WITH_GEMINI_ALIASES = (
+    FAKE_MODELS + '[aliases]\n"gemini-*" = "echo"\n"gemini-embedding-*" = "echo"\n'
+)
+
+completed = {
+    "JOB_STATE_SUCCEEDED",
+    "JOB_STATE_FAILED",
+    "JOB_STATE_CANCELLED",
+    "JOB_STATE_EXPIRED",
+}
+
+_real_sleep = time.sleep
+
+pytestmark = pytest.mark.filterwarnings(r"ignore:batches.create_embeddings\(\) is experimental")
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The articles poll every 30 s; the fake model answers in milliseconds."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: _real_sleep(min(seconds, 0.05)))
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(
+        tmp_path_factory.mktemp("sdk-seeds"), config=FAKE_WITH_GEMINI_ALIASES
+    ) as base:
+        yield base
+
+
+@pytest.fixture(params=["default", "v1beta"])
+def client(request: pytest.FixtureRequest, base_url: str) -> genai.Client:
+    http_options: dict[str, Any] = {"base_url": base_url}
+    if request.param != "default":
+        http_options["api_version"] = request.param
+    return genai.Client(api_key="x", http_options=http_options)
+
+
+def wait(client: genai.Client, job_name: str) -> types.BatchJob:
+    """Seed 002 §5's polling loop, verbatim."""
+    while True:
+        job = client.batches.get(name=job_name)
+        if job.state.name in completed:
+            break
+        print("waiting...", job.state.name)
+        time.sleep(30)
+
+    print("final:", job.state.name)
+    return job
+
+
+def test_inline_seed(client: genai.Client) -> None:
+    # Seed 000 / seed 002 §3, verbatim apart from the client.
+    inline_requests = [
+        {"contents": [{"parts": [{"text": "Tell me a one-sentence joke."}], "role": "user"}]},
+        {"contents": [{"parts": [{"text": "Why is the sky blue?"}], "role": "user"}]},
+    ]
+    inline_batch_job = client.batches.create(
+        model="models/gemini-2.5-flash",
+        src=inline_requests,
+        config={
+            "display_name": "inlined-requests-job-1",
+        },
+    )
+    print(f"Created batch job: {inline_batch_job.name}")
+    assert inline_batch_job.name.startswith("batches/")
+    assert inline_batch_job.display_name == "inlined-requests-job-1"
+    assert inline_batch_job.model == "models/gemini-2.5-flash"
+
+    job = wait(client, inline_batch_job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    assert job.done
+    assert job.end_time is not None and job.create_time is not None
+    texts = []
+    for r in job.dest.inlined_responses:
+        if r.response:
+            print(r.response.text)
+            texts.append(r.response.text)
+    assert texts == ["echo: Tell me a one-sentence joke.", "echo: Why is the sky blue?"]
+
+
+def test_inline_metadata_and_multimodal_error(client: genai.Client) -> None:
+    png = bytes.fromhex("89504e470d0a1a0a0000000d49484452")
+    job = client.batches.create(
+        model="gemini-2.5-flash",
+        src=[
+            types.InlinedRequest(contents="plain text", metadata={"key": "req-0"}),
+            types.InlinedRequest(
+                contents=[
+                    types.Content(
+                        role="user",
+                        parts=[
+                            types.Part(text="What is in this image?"),
+                            types.Part(inline_data=types.Blob(mime_type="image/png", data=png)),
+                        ],
+                    )
+                ],
+                metadata={"key": "req-1"},
+            ),
+        ],
+    )
+    job = wait(client, job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    first, second = job.dest.inlined_responses
+    assert first.response.text == "echo: plain text"
+    assert first.metadata == {"key": "req-0"}
+    assert second.response is None
+    assert second.error is not None and second.error.code == 400
+    assert "image" in second.error.message or "inlineData" in second.error.message
+    assert second.metadata == {"key": "req-1"}
+
+
+def test_file_seed(client: genai.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # Seed 002 §4.2 and §4.3, verbatim apart from the client.
+    with open("my-batch-requests.jsonl", "w") as f:
+        requests = [
+            {
+                "key": "request-1",
+                "request": {"contents": [{"parts": [{"text": "Describe photosynthesis."}]}]},
+            },
+            {
+                "key": "request-2",
+                "request": {
+                    "contents": [{"parts": [{"text": "Ingredients of Margherita pizza?"}]}]
+                },
+            },
+        ]
+        for r in requests:
+            f.write(json.dumps(r) + "\n")
+
+    uploaded = client.files.upload(
+        file="my-batch-requests.jsonl",
+        config=types.UploadFileConfig(display_name="my-batch-requests", mime_type="jsonl"),
+    )
+
+    print(uploaded.name)
+
+    job = client.batches.create(
+        model="models/gemini-2.5-flash",
+        src={"file_name": uploaded.name},
+        config={"display_name": "file-batch-job-1"},
+    )
+
+    print(job.name)  # 例: batches/123456789
+
+    job = wait(client, job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    assert job.dest.file_name.startswith("files/batch")
+    content = client.files.download(file=job.dest.file_name)
+    lines = {line["key"]: line for line in map(json.loads, content.decode().splitlines())}
+    assert set(lines) == {"request-1", "request-2"}
+    text = lines["request-1"]["response"]["candidates"][0]["content"]["parts"][0]["text"]
+    assert text == "echo: Describe photosynthesis."
+    result = client.files.get(name=job.dest.file_name)
+    assert result.source.name == "GENERATED" and result.download_uri
+
+
+def test_cancel(client: genai.Client) -> None:
+    job = client.batches.create(
+        model="slow-echo",
+        src=[{"contents": [{"parts": [{"text": f"question {i}"}]}]} for i in range(60)],
+    )
+    job_name = job.name
+    # Seed 002 §7, verbatim.
+    client.batches.cancel(name=job_name)
+    job = wait(client, job_name)
+    assert job.state.name == "JOB_STATE_CANCELLED"
+    client.batches.delete(name=job_name)
+    with pytest.raises(errors.ClientError) as caught:
+        client.batches.get(name=job_name)
+    assert caught.value.code == 404
+
+
+def test_embeddings(client: genai.Client, tmp_path: Path) -> None:
+    job = client.batches.create_embeddings(
+        model="gemini-embedding-001",
+        src={
+            "inlined_requests": {
+                "contents": ["first text", "second text", "third"],
+                "config": {"output_dimensionality": 4},
+            }
+        },
+        config={"display_name": "Inlined embeddings batch"},
+    )
+    job = wait(client, job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    vectors = [r.response.embedding.values for r in job.dest.inlined_embed_content_responses]
+    assert [len(v) for v in vectors] == [4, 4, 4]
+
+    path = tmp_path / "embed.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"key": f"e{i}", "request": {"content": {"parts": [{"text": t}]}}}) + "\n"
+            for i, t in enumerate(["alpha beta", "gamma"])
+        )
+    )
+    uploaded = client.files.upload(file=str(path), config={"mime_type": "jsonl"})
+    job = client.batches.create_embeddings(
+        model="gemini-embedding-001", src={"file_name": uploaded.name}
+    )
+    job = wait(client, job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    content = client.files.download(file=job.dest.file_name)
+    lines = {line["key"]: line for line in map(json.loads, content.decode().splitlines())}
+    assert set(lines) == {"e0", "e1"}
+    assert lines["e0"]["response"]["embedding"]["values"]
+
+
+def test_list_pages(client: genai.Client) -> None:
+    names = {
+        client.batches.create(model="gemini-2.5-flash", src=[{"contents": f"q{i}"}]).name
+        for i in range(3)
+    }
+    pager = client.batches.list(config={"page_size": 2})
+    assert len(pager.page) == 2
+    listed = [job.name for job in pager]
+    assert names <= set(listed)
+    assert len(listed) == len(set(listed))
+
+
+def test_unknown_model_and_batch(client: genai.Client) -> None:
+    with pytest.raises(errors.ClientError) as caught:
+        client.batches.create(model="no-such-model", src=[{"contents": "x"}])
+    assert caught.value.code == 404 and caught.value.status == "NOT_FOUND"
+    with pytest.raises(errors.ClientError) as caught:
+        client.batches.get(name="batches/doesnotexist")
+    assert caught.value.code == 404
+
+
+@pytest.mark.model
+def test_inline_seed_on_the_bundled_model(tmp_path: Path, model_cache_dir: Path) -> None:
+    env = {"OVERNIGHT_MODEL_CACHE_DIR": str(model_cache_dir)}
+    # The seed sets no maxOutputTokens; a smaller default keeps the test to seconds.
+    config = '[models.smollm2-135m-instruct]\nbackend = "transformers"\nmax_output_tokens = 40\n'
+    with running_server(tmp_path, config=config, env=env) as base:
+        client = genai.Client(api_key="x", http_options={"base_url": base})
+        inline_requests = [
+            {"contents": [{"parts": [{"text": "Tell me a one-sentence joke."}], "role": "user"}]},
+            {"contents": [{"parts": [{"text": "Why is the sky blue?"}], "role": "user"}]},
+        ]
+        inline_batch_job = client.batches.create(
+            model="models/gemini-2.5-flash",
+            src=inline_requests,
+            config={
+                "display_name": "inlined-requests-job-1",
+            },
+        )
+        job = wait(client, inline_batch_job.name)
+        assert job.state.name == "JOB_STATE_SUCCEEDED"
+        for r in job.dest.inlined_responses:
+            assert r.response, r.error
+            assert r.response.text.strip()
