@@ -16,6 +16,7 @@ BENCHES = [
     ["bench_engine.py", "--requests", "100000"],
     ["bench_admission.py", "--size-mb", "1024"],
     ["bench_upload.py", "--size-mb", "1024"],
+    ["bench_api.py"],
     ["bench_generate.py"],
 ]
 

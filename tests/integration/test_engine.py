@@ -354,12 +354,14 @@ def test_inline_batch_echoes_metadata(tmp_path: Path, database_url: str) -> None
             requests=[
                 {"request": request("one"), "metadata": {"key": "req-0"}},
                 {"request": request("two")},
+                {"request": {"contents": "not a list"}, "metadata": {"key": "bad"}},
             ],
         )
         batch = await drive(svc, created.id)
         lines = await output_lines(svc, batch)
-        assert [line["key"] for line in lines] == ["0", "1"]
+        assert [line["key"] for line in lines] == ["0", "1", "2"]
         assert lines[0]["metadata"] == {"key": "req-0"} and "metadata" not in lines[1]
+        assert "error" in lines[2] and lines[2]["metadata"] == {"key": "bad"}
         await svc.close()
 
     asyncio.run(go())

@@ -23,10 +23,13 @@ _LINE_FIELDS = {"key", "request", "metadata"}
 class LineError(InvalidArgument):
     """One input line is malformed. ``key`` is its key when one could be read."""
 
-    def __init__(self, line_no: int, problem: str, key: str | None = None) -> None:
+    def __init__(
+        self, line_no: int, problem: str, key: str | None = None, metadata: Any = None
+    ) -> None:
         super().__init__(f"line {line_no}: {problem}")
         self.line_no = line_no
         self.key = key if key is not None else line_key(line_no)
+        self.metadata = metadata  # echoed on the error line, like a success's
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +92,29 @@ def parse_line(raw: bytes, line_no: int, kind: BatchKind) -> RequestLine:
         if not isinstance(key_value, str):
             raise LineError(line_no, f"'key' must be a string, got {type(key_value).__name__}")
         key = key_value
+    metadata = obj.get("metadata")
     unknown = sorted(set(obj) - _LINE_FIELDS)
     if unknown:
         raise LineError(
-            line_no, f"unknown field(s) {', '.join(unknown)}; a line holds 'key' and 'request'", key
+            line_no,
+            f"unknown field(s) {', '.join(unknown)}; a line holds 'key' and 'request'",
+            key,
+            metadata,
         )
     if "request" not in obj:
         raise LineError(
-            line_no, 'missing \'request\' (each line is {"key": ..., "request": {...}})', key
+            line_no,
+            'missing \'request\' (each line is {"key": ..., "request": {...}})',
+            key,
+            metadata,
         )
     try:
         request = parse_request(obj["request"], kind)
     except InvalidArgument as exc:
-        raise LineError(line_no, exc.message, key) from None
+        raise LineError(line_no, exc.message, key, metadata) from None
     return RequestLine(
         key=key if key is not None else line_key(line_no),
         line_no=line_no,
         request=request,
-        metadata=obj.get("metadata"),
+        metadata=metadata,
     )

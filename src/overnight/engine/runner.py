@@ -76,7 +76,7 @@ def _parse(lines: list[tuple[int, bytes | None]], kind: BatchKind, max_line: int
         try:
             parsed: RequestLine = parse_line(raw, line_no, kind)
         except LineError as exc:
-            slots.append(_Slot(exc.key, line_no, error=exc))
+            slots.append(_Slot(exc.key, line_no, exc.metadata, error=exc))
             continue
         slots.append(_Slot(parsed.key, line_no, parsed.metadata, parsed.request, size=len(raw)))
     return slots
