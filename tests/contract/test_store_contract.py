@@ -311,3 +311,30 @@ def test_api_keys_map_hashes_to_tenants(store: SqlStore) -> None:
         assert await store.count_api_keys() == 1
 
     asyncio.run(go())
+
+
+def test_no_shard_commits_after_finalize_and_finalize_checks_what_it_built(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 2)
+        now = time.time()
+        a = await store.lease_shard("w", "ta", now=now, lease_until=now + 60)
+        slow = await store.lease_shard("w", "tb", now=now, lease_until=now + 1)
+        assert a and slow
+        await store.commit_shard("b1", a.seq, "ta", ShardOutcome("o", 1, 0, Usage()), now=now)
+        await store.transition("b1", BatchState.CANCELLED, now=now)
+        later = now + 5  # the slow worker's lease has run out: finalize may go ahead
+        assert await store.claim_batch_work("f", now=later, lease_until=later + 60)
+        # Built from 0 DONE shards while 1 exists: refused, nothing written.
+        assert not await store.finalize(
+            "b1", "f", now=later, output=None, target=None, done_shards=0
+        )
+        assert not (await store.get_batch("b1")).finalized
+        assert await store.finalize("b1", "f", now=later, output=None, target=None, done_shards=1)
+        # The slow worker still holds its (stale) token and tries to commit: refused,
+        # because the batch's output is already built. Counters stay those of the output.
+        outcome = ShardOutcome("o", 1, 0, Usage())
+        assert not await store.commit_shard("b1", slow.seq, "tb", outcome, now=later)
+        batch = await store.get_batch("b1")
+        assert batch.finalized and batch.succeeded_count == 1
+
+    asyncio.run(go())

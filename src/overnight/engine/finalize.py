@@ -47,6 +47,7 @@ async def finalize_batch(
     now = time.time()
     target = BatchState.SUCCEEDED if batch.state is BatchState.RUNNING else None
     output: File | None = None
+    sources: list[str] = []
     if batch.admitted:
         shards = await store.list_shards(batch.id)
         sources = [s.output_blob for s in shards if s.state is ShardState.DONE and s.output_blob]
@@ -67,7 +68,9 @@ async def finalize_batch(
                 update_time=now,
                 expire_time=None if retention_s is None else now + retention_s,
             )
-    won = await store.finalize(batch.id, owner, now=now, output=output, target=target)
+    won = await store.finalize(
+        batch.id, owner, now=now, output=output, target=target, done_shards=len(sources)
+    )
     if won and output is not None:
         # The responses file now holds every shard's lines; the pieces can go.
         await asyncio.to_thread(blobs.delete, f"batches/{batch.id}/shards/")

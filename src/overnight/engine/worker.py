@@ -247,7 +247,9 @@ class Worker:
             )
             if not committed:
                 log.warning(
-                    "lost the lease on %s/%d; its output is discarded", shard.batch_id, shard.seq
+                    "could not commit %s/%d (lease lost, or the batch was already finalized); output discarded",
+                    shard.batch_id,
+                    shard.seq,
                 )
                 await asyncio.to_thread(self.blobs.delete, outcome.output_blob)
         finally:

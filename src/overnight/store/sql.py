@@ -24,9 +24,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    create_engine,
     delete,
-    event,
     exists,
     func,
     insert,
@@ -40,32 +38,32 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from overnight.domain.batches import (
     Batch,
-    BatchKind,
     BatchState,
     Shard,
     ShardOutcome,
     ShardSpec,
     ShardState,
-    Usage,
     allowed_sources,
 )
-from overnight.domain.files import File, FileSource, FileState
+from overnight.domain.files import File
 from overnight.domain.uploads import Upload
 from overnight.errors import AlreadyExists, NotFound, StoreError
 from overnight.store import tables as t
+from overnight.store.connect import create_sql_engine, normalize_url, redact_url
 from overnight.store.migrations import MIGRATIONS
+from overnight.store.rows import (
+    batch_values,
+    file_values,
+    to_batch,
+    to_file,
+    to_shard,
+    to_upload,
+    upload_values,
+)
 
 T = TypeVar("T")
 
 TERMINAL = [s.value for s in BatchState if s.terminal]
-
-
-def normalize_url(url: str) -> str:
-    """Accept ``postgres://`` and ``postgresql://`` and use the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
 
 
 class SqlStore:
@@ -82,9 +80,9 @@ class SqlStore:
         """Connect and apply pending migrations. Raises ``StoreError`` naming the URL."""
         url = normalize_url(url)
         try:
-            engine = _create_engine(url)
+            engine = create_sql_engine(url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise StoreError(f"cannot use database URL {_redact(url)}: {exc}") from None
+            raise StoreError(f"cannot use database URL {redact_url(url)}: {exc}") from None
         store = cls(engine)
         await store._run(store._migrate)
         return store
@@ -154,18 +152,18 @@ class SqlStore:
     # ---------------------------------------------------------------------- files
 
     async def create_file(self, file: File) -> None:
-        await self._run(lambda c: c.execute(insert(t.files).values(**_file_row(file))))
+        await self._run(lambda c: c.execute(insert(t.files).values(**file_values(file))))
 
     async def get_file(self, file_id: str, tenant: str | None = None) -> File:
         """Raises ``NotFound``; another tenant's file is not found either."""
 
-        return await self._run(lambda c: _file(_owned_row(c, t.files, file_id, tenant)))
+        return await self._run(lambda c: to_file(_owned_row(c, t.files, file_id, tenant)))
 
     async def list_files(
         self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
     ) -> list[File]:
         stmt = _page(t.files, tenant, limit, after)
-        return await self._run(lambda c: [_file(r) for r in c.execute(stmt).mappings()])
+        return await self._run(lambda c: [to_file(r) for r in c.execute(stmt).mappings()])
 
     async def delete_file(self, file_id: str, tenant: str | None = None) -> File:
         """Delete the row and return it (the caller deletes the blob). Raises NotFound."""
@@ -173,7 +171,7 @@ class SqlStore:
         def q(conn: Connection) -> File:
             row = _owned_row(conn, t.files, file_id, tenant)
             conn.execute(delete(t.files).where(t.files.c.id == file_id))
-            return _file(row)
+            return to_file(row)
 
         return await self._run(q)
 
@@ -192,7 +190,7 @@ class SqlStore:
                 .where(f.c.expire_time.is_not(None), f.c.expire_time < now, not_(in_use))
                 .limit(limit)
             )
-            rows = [_file(r) for r in conn.execute(stmt).mappings()]
+            rows = [to_file(r) for r in conn.execute(stmt).mappings()]
             if rows:
                 conn.execute(delete(f).where(f.c.id.in_([r.id for r in rows])))
             return rows
@@ -213,7 +211,7 @@ class SqlStore:
             )
             if taken:
                 raise AlreadyExists(f"file files/{upload.file_id} already exists")
-            conn.execute(insert(u).values(**_upload_row(upload)))
+            conn.execute(insert(u).values(**upload_values(upload)))
 
         await self._run(q)
 
@@ -234,7 +232,7 @@ class SqlStore:
                 raise NotFound(
                     "upload session not found: it expired, was finalized, or never existed"
                 )
-            return _upload(row)
+            return to_upload(row)
 
         return await self._run(q)
 
@@ -262,7 +260,7 @@ class SqlStore:
             res = conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
             if res.rowcount != 1:
                 raise NotFound("upload session not found: it expired or was finalized")
-            conn.execute(insert(t.files).values(**_file_row(file)))
+            conn.execute(insert(t.files).values(**file_values(file)))
 
         await self._run(q)
 
@@ -274,7 +272,7 @@ class SqlStore:
 
         def q(conn: Connection) -> list[Upload]:
             stmt = select(t.uploads).where(t.uploads.c.expire_time < now)
-            rows = [_upload(r) for r in conn.execute(stmt).mappings()]
+            rows = [to_upload(r) for r in conn.execute(stmt).mappings()]
             if rows:
                 conn.execute(delete(t.uploads).where(t.uploads.c.id.in_([r.id for r in rows])))
             return rows
@@ -287,7 +285,7 @@ class SqlStore:
         self, batch: Batch, input_blob: str, annotations: dict[str, Any] | None = None
     ) -> None:
         """Insert a new batch. Raises ``AlreadyExists`` if its ``ref`` is taken."""
-        row = _batch_row(batch)
+        row = batch_values(batch)
         row["input_blob"] = input_blob
         row["annotations"] = json.dumps(annotations or {})
         await self._run(lambda c: c.execute(insert(t.batches).values(**row)))
@@ -295,7 +293,7 @@ class SqlStore:
     async def get_batch(self, batch_id: str, tenant: str | None = None) -> Batch:
         """Raises ``NotFound``; another tenant's batch is not found either."""
 
-        return await self._run(lambda c: _batch(_owned_row(c, t.batches, batch_id, tenant)))
+        return await self._run(lambda c: to_batch(_owned_row(c, t.batches, batch_id, tenant)))
 
     async def batch_input(self, batch_id: str) -> tuple[str, dict[str, Any]]:
         """The input blob key and annotations of a batch."""
@@ -315,7 +313,7 @@ class SqlStore:
     async def find_batch_by_ref(self, ref: str) -> Batch | None:
         def q(conn: Connection) -> Batch | None:
             row = conn.execute(select(t.batches).where(t.batches.c.ref == ref)).mappings().first()
-            return None if row is None else _batch(row)
+            return None if row is None else to_batch(row)
 
         return await self._run(q)
 
@@ -323,7 +321,7 @@ class SqlStore:
         self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
     ) -> list[Batch]:
         stmt = _page(t.batches, tenant, limit, after)
-        return await self._run(lambda c: [_batch(r) for r in c.execute(stmt).mappings()])
+        return await self._run(lambda c: [to_batch(r) for r in c.execute(stmt).mappings()])
 
     async def transition(
         self, batch_id: str, target: BatchState, *, now: float, error: str | None = None
@@ -353,7 +351,7 @@ class SqlStore:
             row = _owned_row(conn, t.batches, batch_id, tenant)
             conn.execute(delete(t.shards).where(t.shards.c.batch_id == batch_id))
             conn.execute(delete(t.batches).where(t.batches.c.id == batch_id))
-            return _batch(row)
+            return to_batch(row)
 
         return await self._run(q)
 
@@ -433,7 +431,7 @@ class SqlStore:
                 .where(b.c.id == row["id"])
                 .values(lease_owner=owner, lease_expires=lease_until)
             )
-            batch = _batch(row)
+            batch = to_batch(row)
             phase = "admit" if batch.state is BatchState.PENDING else "finalize"
             return batch, phase
 
@@ -510,14 +508,21 @@ class SqlStore:
         output: File | None,
         target: BatchState | None,
         error: str | None = None,
+        done_shards: int | None = None,
     ) -> bool:
         """Record the output file and, if ``target``, the final transition. One transaction.
 
-        Returns False (and changes nothing) if the lease was lost or the batch moved
-        to a state ``target`` cannot be entered from.
+        Returns False (and changes nothing) if the lease was lost, the batch moved to a
+        state ``target`` cannot be entered from, or (``done_shards``) a shard committed
+        after the output was built from that many DONE shards: the caller tries again.
         """
 
         def q(conn: Connection) -> bool:
+            # Lock the batch row first: commit_shard does the same, so a shard can never
+            # be counted on one side of a finalize and missing from its output.
+            _lock_batch(conn, batch_id)
+            if done_shards is not None and _count_done(conn, batch_id) != done_shards:
+                return False
             stmt = update(t.batches).where(
                 t.batches.c.id == batch_id,
                 t.batches.c.lease_owner == owner,
@@ -539,7 +544,7 @@ class SqlStore:
             if conn.execute(stmt.values(**values)).rowcount != 1:
                 return False  # nothing was written yet
             if output is not None:
-                conn.execute(insert(t.files).values(**_file_row(output)))
+                conn.execute(insert(t.files).values(**file_values(output)))
             return True
 
         return await self._run(q)
@@ -595,7 +600,7 @@ class SqlStore:
             if res.rowcount != 1:
                 return None
             row = conn.execute(select(s).where(*key)).mappings().one()
-            return _shard(row)
+            return to_shard(row)
 
         return await self._run(q)
 
@@ -651,6 +656,8 @@ class SqlStore:
         """
 
         def q(conn: Connection) -> bool:
+            if _lock_batch(conn, batch_id) is not False:
+                return False  # finalized (or gone): its output no longer takes shards
             res = conn.execute(
                 update(t.shards)
                 .where(
@@ -693,7 +700,7 @@ class SqlStore:
             rows = conn.execute(
                 select(t.shards).where(t.shards.c.batch_id == batch_id).order_by(t.shards.c.seq)
             ).mappings()
-            return [_shard(r) for r in rows]
+            return [to_shard(r) for r in rows]
 
         return await self._run(q)
 
@@ -742,26 +749,28 @@ class SqlStore:
 # -------------------------------------------------------------------- plumbing
 
 
-def _create_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+def _lock_batch(conn: Connection, batch_id: str) -> bool | None:
+    """Lock the batch row for this transaction; returns its ``finalized`` (None: no such batch).
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
+    PostgreSQL takes a row lock (SELECT … FOR UPDATE). SQLite needs none: every
+    transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    """
+    stmt = select(t.batches.c.finalized).where(t.batches.c.id == batch_id)
+    if conn.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    value = conn.execute(stmt).scalar()
+    return None if value is None else bool(value)
 
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+def _count_done(conn: Connection, batch_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(t.shards)
+            .where(t.shards.c.batch_id == batch_id, t.shards.c.state == ShardState.DONE.value)
+        ).scalar()
+        or 0
+    )
 
 
 _NOUNS = {"files": "file", "batches": "batch"}
@@ -789,143 +798,3 @@ def _page(table: Table, tenant: str, limit: int, after: tuple[float, str] | None
             )
         )
     return stmt.order_by(table.c.create_time.desc(), table.c.id.desc()).limit(limit)
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
-    return url
-
-
-def _file_row(file: File) -> dict[str, Any]:
-    return {
-        "id": file.id,
-        "tenant": file.tenant,
-        "display_name": file.display_name,
-        "mime_type": file.mime_type,
-        "size_bytes": file.size_bytes,
-        "sha256": file.sha256,
-        "blob_key": file.blob_key,
-        "source": file.source.value,
-        "state": file.state.value,
-        "create_time": file.create_time,
-        "update_time": file.update_time,
-        "expire_time": file.expire_time,
-    }
-
-
-def _file(row: Any) -> File:
-    return File(
-        id=row["id"],
-        tenant=row["tenant"],
-        display_name=row["display_name"],
-        mime_type=row["mime_type"],
-        size_bytes=int(row["size_bytes"]),
-        sha256=row["sha256"],
-        blob_key=row["blob_key"],
-        source=FileSource(row["source"]),
-        state=FileState(row["state"]),
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        expire_time=row["expire_time"],
-    )
-
-
-def _upload_row(upload: Upload) -> dict[str, Any]:
-    return {
-        "id": upload.id,
-        "tenant": upload.tenant,
-        "file_id": upload.file_id,
-        "display_name": upload.display_name,
-        "mime_type": upload.mime_type,
-        "size_bytes": upload.size_bytes,
-        "received": upload.received,
-        "expire_time": upload.expire_time,
-    }
-
-
-def _upload(row: Any) -> Upload:
-    return Upload(
-        id=row["id"],
-        tenant=row["tenant"],
-        file_id=row["file_id"],
-        display_name=row["display_name"],
-        mime_type=row["mime_type"],
-        size_bytes=int(row["size_bytes"]),
-        received=int(row["received"]),
-        expire_time=row["expire_time"],
-    )
-
-
-def _batch_row(batch: Batch) -> dict[str, Any]:
-    return {
-        "id": batch.id,
-        "tenant": batch.tenant,
-        "kind": batch.kind.value,
-        "model": batch.model,
-        "model_resolved": batch.model_resolved,
-        "display_name": batch.display_name,
-        "state": batch.state.value,
-        "input_file_id": batch.input_file_id,
-        "inline": batch.inline,
-        "output_file_id": batch.output_file_id,
-        "request_count": batch.request_count,
-        "succeeded_count": batch.succeeded_count,
-        "failed_count": batch.failed_count,
-        "prompt_tokens": batch.usage.prompt_tokens,
-        "candidates_tokens": batch.usage.candidates_tokens,
-        "create_time": batch.create_time,
-        "update_time": batch.update_time,
-        "end_time": batch.end_time,
-        "expire_time": batch.expire_time,
-        "error": batch.error,
-        "ref": batch.ref,
-        "admitted": batch.admitted,
-        "finalized": batch.finalized,
-    }
-
-
-def _batch(row: Any) -> Batch:
-    return Batch(
-        id=row["id"],
-        tenant=row["tenant"],
-        kind=BatchKind(row["kind"]),
-        model=row["model"],
-        model_resolved=row["model_resolved"],
-        display_name=row["display_name"],
-        state=BatchState(row["state"]),
-        input_file_id=row["input_file_id"],
-        inline=bool(row["inline"]),
-        output_file_id=row["output_file_id"],
-        request_count=int(row["request_count"]),
-        succeeded_count=int(row["succeeded_count"]),
-        failed_count=int(row["failed_count"]),
-        usage=Usage(int(row["prompt_tokens"]), int(row["candidates_tokens"])),
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        end_time=row["end_time"],
-        expire_time=row["expire_time"],
-        error=row["error"],
-        ref=row["ref"],
-        admitted=bool(row["admitted"]),
-        finalized=bool(row["finalized"]),
-    )
-
-
-def _shard(row: Any) -> Shard:
-    return Shard(
-        batch_id=row["batch_id"],
-        seq=int(row["seq"]),
-        byte_start=int(row["byte_start"]),
-        byte_end=int(row["byte_end"]),
-        first_line=int(row["first_line"]),
-        request_count=int(row["request_count"]),
-        state=ShardState(row["state"]),
-        lease_owner=row["lease_owner"],
-        lease_expires=row["lease_expires"],
-        lease_token=row["lease_token"],
-        attempts=int(row["attempts"]),
-        output_blob=row["output_blob"],
-    )
