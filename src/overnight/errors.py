@@ -45,6 +45,20 @@ class NotFound(OvernightError):
     grpc_code = 5
 
 
+class Unauthenticated(OvernightError):
+    """A key is required and was missing or wrong."""
+
+    status = "UNAUTHENTICATED"
+    http_code = 401
+    grpc_code = 16
+
+
+class PermissionDenied(OvernightError):
+    status = "PERMISSION_DENIED"
+    http_code = 403
+    grpc_code = 7
+
+
 class AlreadyExists(OvernightError):
     status = "ALREADY_EXISTS"
     http_code = 409

@@ -48,7 +48,7 @@ def test_configured_keys_are_required_and_name_the_tenant(
         auth = client._transport.app.state.auth  # type: ignore[attr-defined]
         auth._keys_checked = 0.0  # the 2 s cache: a key created just now counts at once here
         assert await auth.tenant(key) == "alice"
-        from overnight.api.auth import Unauthenticated
+        from overnight.errors import Unauthenticated
 
         with pytest.raises(Unauthenticated, match="requires an API key"):
             await auth.tenant(None)

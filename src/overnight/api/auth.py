@@ -16,23 +16,11 @@ import ipaddress
 import secrets
 import time
 
-from overnight.errors import OvernightError
+from overnight.errors import OvernightError, Unauthenticated
 from overnight.store.sql import SqlStore
 
 SINGLE_USER_TENANT = "default"
 KEY_PREFIX = "ovn_"
-
-
-class Unauthenticated(OvernightError):
-    status = "UNAUTHENTICATED"
-    http_code = 401
-    grpc_code = 16
-
-
-class PermissionDenied(OvernightError):
-    status = "PERMISSION_DENIED"
-    http_code = 403
-    grpc_code = 7
 
 
 def hash_key(key: str) -> str:

@@ -9,8 +9,6 @@ camelCase and snake_case are both accepted.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import orjson
@@ -18,6 +16,7 @@ from fastapi import APIRouter, Request
 
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
 from overnight.api.gemini.operations import inlined_item, render_operation
+from overnight.api.wire import decode_page_token, encode_page_token
 from overnight.app import Services
 from overnight.domain.batches import Batch, BatchKind
 from overnight.errors import InvalidArgument
@@ -133,24 +132,6 @@ async def async_batch_embed_content(
     return await _create(request, services, tenant, model, BatchKind.EMBED)
 
 
-def _encode_token(batch: Batch) -> str:
-    raw = orjson.dumps([batch.create_time, batch.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        create_time, batch_id = orjson.loads(raw)
-        if not isinstance(batch_id, str):
-            raise ValueError(batch_id)
-        return float(create_time), batch_id
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidArgument(
-            f"pageToken {token!r} is not valid; pass the nextPageToken of the previous page"
-        ) from None
-
-
 @router.get("/{version}/batches")
 async def list_batches(
     version: VersionDep,
@@ -161,11 +142,11 @@ async def list_batches(
 ) -> dict[str, Any]:
     """Batches newest first, as ``{"operations": [...], "nextPageToken"?}``."""
     size = DEFAULT_PAGE_SIZE if not pageSize or pageSize <= 0 else min(pageSize, MAX_PAGE_SIZE)
-    after = _decode_token(pageToken) if pageToken else None
+    after = decode_page_token(pageToken) if pageToken else None
     page = await services.batches.list_page(tenant, limit=size + 1, after=after)
     body: dict[str, Any] = {"operations": [await _render(services, batch) for batch in page[:size]]}
     if len(page) > size:
-        body["nextPageToken"] = _encode_token(page[size - 1])
+        body["nextPageToken"] = encode_page_token(page[size - 1].create_time, page[size - 1].id)
     return body
 
 

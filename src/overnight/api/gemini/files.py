@@ -5,18 +5,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from overnight.api.deps import BaseDep, ServicesDep, TenantDep, VersionDep
-from overnight.api.wire import int64, timestamp
+from overnight.api.wire import decode_page_token, encode_page_token, int64, timestamp
 from overnight.domain.files import File, FileSource
-from overnight.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
@@ -43,23 +39,6 @@ def render_file(file: File, base: str, version: str) -> dict[str, Any]:
     if file.source is FileSource.GENERATED:
         body["downloadUri"] = f"{base}/{version}/files/{file.id}:download?alt=media"
     return body
-
-
-def encode_page_token(file: File) -> str:
-    raw = json.dumps([file.create_time, file.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[float, str]:
-    """Raises ``InvalidArgument`` for a token we did not make."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        create_time, file_id = json.loads(raw)
-        return float(create_time), str(file_id)
-    except (binascii.Error, ValueError, TypeError):
-        raise InvalidArgument(
-            f"pageToken {token!r} is invalid: pass the nextPageToken of a previous page"
-        ) from None
 
 
 async def _download(services: ServicesDep, tenant: str, file_id: str) -> StreamingResponse:
@@ -110,7 +89,7 @@ async def list_files(
     files = await services.files.list_page(tenant, limit=limit + 1, after=after)
     body: dict[str, Any] = {"files": [render_file(f, base, version) for f in files[:limit]]}
     if len(files) > limit:
-        body["nextPageToken"] = encode_page_token(files[limit - 1])
+        body["nextPageToken"] = encode_page_token(files[limit - 1].create_time, files[limit - 1].id)
     return body
 
 
