@@ -151,16 +151,6 @@ def test_open_read_missing_names_the_key(tmp_path: Path) -> None:
         store.size("outputs/missing.jsonl")
 
 
-def test_sweep_temporaries(tmp_path: Path) -> None:
-    store = LocalBlobStore(tmp_path / "blobs")
-    put(store, "kept", b"1")
-    crashed = store.open_write("half")
-    crashed.write(b"never committed")
-    assert store.sweep_temporaries() == 1
-    assert files_under(store.root) == [store.path("kept")]
-    crashed.abort()
-
-
 def test_unusable_root_is_a_blob_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from overnight.errors import ConfigError
+from overnight.errors import BackendUnavailable, ConfigError
 
 T = TypeVar("T")
 
@@ -45,3 +46,23 @@ def check_options(model: str, backend: str, options: Iterable[str], known: froze
             f"model {model!r}: unknown {backend} option(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(known))}"
         )
+
+
+def offline_environment() -> None:
+    """Local backends never download: weights come from packages or the local cache."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def pick_device(torch: Any, wanted: str) -> Any:
+    """``auto``: CUDA when torch sees one, else CPU. Raises BackendUnavailable naming the problem."""
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(wanted)
+    except RuntimeError as exc:
+        raise BackendUnavailable(f"device {wanted!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {wanted!r} was asked for, but torch sees no CUDA device")
+    return device

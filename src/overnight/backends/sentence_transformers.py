@@ -27,14 +27,19 @@ Options (``[models.NAME] options = {...}``): ``threads`` (``torch.set_num_thread
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
-from overnight.backends.local import INSTALL_HINT, ModelThread, check_options
+from overnight.backends.local import (
+    INSTALL_HINT,
+    ModelThread,
+    check_options,
+    offline_environment,
+    pick_device,
+)
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import EmbedResult
@@ -105,9 +110,7 @@ class SentenceTransformersBackend:
     def _load(self) -> None:
         if self._model is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        offline_environment()
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -117,8 +120,7 @@ class SentenceTransformersBackend:
             ) from None
         if "threads" in self.settings.options:
             torch.set_num_threads(int(self.settings.options["threads"]))
-        wanted = self.settings.device
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted
+        device = pick_device(torch, self.settings.device)
         auto = self.settings.dtype == "auto"
         dtype = torch.float32 if auto else getattr(torch, self.settings.dtype)
         try:

@@ -45,7 +45,6 @@ import gc
 import hashlib
 import importlib.util
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -62,7 +61,13 @@ from overnight.backends.base import (
     GenerateOutcome,
 )
 from overnight.backends.decoding import Row, RowControls
-from overnight.backends.local import INSTALL_HINT, ModelThread, check_options
+from overnight.backends.local import (
+    INSTALL_HINT,
+    ModelThread,
+    check_options,
+    offline_environment,
+    pick_device,
+)
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, GenerateResult
@@ -146,8 +151,7 @@ class TransformersBackend:
     def _load(self) -> None:
         if self._model is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        offline_environment()
         try:
             import torch
             import transformers
@@ -157,7 +161,7 @@ class TransformersBackend:
             ) from None
         # Overnight shows its own progress; transformers' per-tensor bars would garble it.
         transformers.utils.logging.disable_progress_bar()
-        device = _pick_device(torch, self.settings.device)
+        device = pick_device(torch, self.settings.device)
         dtype = _pick_dtype(torch, self.settings.dtype, device)
         if "threads" in self.settings.options:
             torch.set_num_threads(int(self.settings.options["threads"]))
@@ -406,18 +410,6 @@ def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
             log.warning("could not cache converted weights in %s: %s", target, exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pick_device(torch: Any, wanted: str) -> Any:
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(wanted)
-    except RuntimeError as exc:
-        raise BackendUnavailable(f"device {wanted!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {wanted!r} was asked for, but torch sees no CUDA device")
-    return device
 
 
 def _pick_dtype(torch: Any, wanted: str, device: Any) -> Any:

@@ -2,8 +2,8 @@
 
 Atomicity: a writer writes ``<key>.tmp-<random>`` beside its target, fsyncs it and
 renames it over the key, so a crash leaves either the old blob or the new one, never
-a torn file. Stale temporaries from crashed writers are harmless and swept by
-``sweep_temporaries``.
+a torn file. A crashed writer can leave its temporary behind; it is never read, and
+shard temporaries go when their batch's ``batches/<id>/`` prefix is deleted.
 """
 
 from __future__ import annotations
@@ -99,11 +99,3 @@ class LocalBlobStore:
             shutil.rmtree(target, ignore_errors=True)
         else:
             target.unlink(missing_ok=True)
-
-    def sweep_temporaries(self) -> int:
-        """Remove temporaries left by crashed writers; returns how many."""
-        removed = 0
-        for tmp in self.root.rglob(f"*{TMP_MARK}*"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-        return removed
