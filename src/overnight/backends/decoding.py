@@ -5,6 +5,14 @@ greedy; ``RowControls.sample`` (a logits processor) turns each sampling row's lo
 into a one-hot choice drawn with that row's temperature, topK, topP and its own seeded
 generator, and ``RowControls.stop`` (a stopping criterion) ends each row at its own EOS,
 stop sequence or token limit. ``finish`` then cuts and labels each row's text.
+
+``GrammarMask`` (a logits processor that runs before ``sample``) constrains the rows
+that carry a compiled grammar (structured output): each step it advances every live
+constrained row's xgrammar matcher with the token that row just got, fills one shared
+bitmask for all of them in one call, and applies it to their logits in one call. Free
+rows in the same batch are untouched. When a grammar is complete only EOS is allowed,
+so the row ends at EOS as any other would; one that runs out of tokens first ends with
+``MAX_TOKENS`` and its text as it stands.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class Row:
     top_p: float
     seed: int
     stops: tuple[str, ...]
+    grammar: Any = None  # an xgrammar CompiledGrammar: constrained decoding; None: free
     text: str = ""
     finish_reason: str = "STOP"
     token_count: int = 0
@@ -117,12 +126,61 @@ class RowControls:
         tokens = generated[: self.lengths[i] or len(generated)]
         if why == self.EOS:
             tokens = tokens[:-1]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        # A constrained answer is exactly the bytes the grammar allowed: no clean-up.
+        clean_up = False if row.grammar is not None else None
+        text = self.tokenizer.decode(
+            tokens, skip_special_tokens=True, clean_up_tokenization_spaces=clean_up
+        )
         cut = min((c for c in (text.find(s) for s in row.stops) if c >= 0), default=-1)
         if cut >= 0:
             text, why = text[:cut], self.STOP_SEQUENCE
         row.text, row.token_count = text, len(tokens)
         row.finish_reason = "MAX_TOKENS" if why == self.LIMIT else "STOP"
+
+
+class GrammarMask:
+    """Masks each constrained row's logits to the tokens its grammar allows next.
+
+    Built per ``model.generate`` call: one matcher per constrained row and one bitmask
+    for the whole batch, allocated here and reused every step. Rows that ``controls``
+    has ended are skipped.
+    """
+
+    def __init__(self, rows: list[Row], controls: RowControls, vocab_size: int) -> None:
+        import xgrammar
+
+        self.xgr, self.controls, self.vocab_size = xgrammar, controls, vocab_size
+        self.matchers = {
+            i: xgrammar.GrammarMatcher(row.grammar)
+            for i, row in enumerate(rows)
+            if row.grammar is not None
+        }
+        self.bitmask = xgrammar.allocate_token_bitmask(len(rows), vocab_size)
+        self.filler = xgrammar.BatchGrammarMatcher()
+        self.step = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        ended = self.controls.ended
+        live = [i for i in self.matchers if ended[i] is None]
+        if self.step and live:
+            last = input_ids[:, -1].tolist()
+            matchers = [self.matchers[i] for i in live]
+            accepted = self.filler.batch_accept_token(matchers, [last[i] for i in live])
+            if not all(accepted):  # cannot happen with the mask applied; free the row
+                for i, ok in zip(list(live), accepted, strict=True):
+                    if not ok:
+                        del self.matchers[i]
+                live = [i for i in live if i in self.matchers]
+        self.step += 1
+        if not live:
+            return scores
+        matchers = [self.matchers[i] for i in live]
+        self.filler.batch_fill_next_token_bitmask(matchers, self.bitmask, live)
+        bitmask = self.bitmask.to(scores.device, non_blocking=True)
+        self.xgr.apply_token_bitmask_inplace(
+            scores, bitmask, vocab_size=self.vocab_size, indices=live
+        )
+        return scores
 
 
 # ---- sampling ------------------------------------------------------------------------

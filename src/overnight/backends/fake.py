@@ -3,6 +3,9 @@
 It "generates" by echoing the last user turn, one token per word, and "embeds" by
 hashing words into a small unit vector. It honours maxOutputTokens, stopSequences,
 candidateCount and seed, so engine tests can check every path without a model.
+With structured output (``backends.schema``) it answers a minimal instance of the
+schema instead (the first enum value, the lower bounds, the required properties;
+``pattern`` and ``format`` are not honoured), or the first ``text/x.enum`` choice.
 
 Options (``[models.NAME] options = {...}``):
 - ``latency_s``: seconds each call sleeps (simulates a model), default 0.
@@ -14,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from overnight.backends.base import (
+    BASIC_GENERATION_FIELDS,
     Capabilities,
     EmbedOutcome,
     GenerateOutcome,
     prompt_text,
 )
+from overnight.backends.schema import STRUCTURED_MIME_TYPES, output_constraint
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
 from overnight.errors import RequestRejected
@@ -42,6 +48,8 @@ class FakeBackend:
             model_version=model_name,
             generate=True,
             embed=True,
+            generation_fields=BASIC_GENERATION_FIELDS | {"response_schema", "response_json_schema"},
+            response_mime_types=frozenset({"text/plain"}) | STRUCTURED_MIME_TYPES,
             max_batch_size=int(options.get("max_batch_size", 64)),
             max_candidates=4,
             embedding_dimensions=self.dimensions,
@@ -67,12 +75,25 @@ class FakeBackend:
         if self.fail_marker and self.fail_marker in text:
             return RequestRejected(f"request contains the fail marker {self.fail_marker!r}")
         config = request.config
+        try:
+            constraint = output_constraint(config)
+        except RequestRejected as exc:
+            return exc
         last = request.contents[-1].text
         words = ["echo:", *last.split()]
+        if constraint is not None:
+            answer = (
+                constraint.choices[0]
+                if constraint.choices
+                else json.dumps(_minimal(constraint.json_schema or {}))
+            )
+            words = [answer]
         candidates = []
         for i in range(config.candidate_count or 1):
             out = list(words)
-            if config.seed is not None and (config.temperature or 0) > 0:
+            if constraint is not None:
+                pass  # every candidate is the same valid answer
+            elif config.seed is not None and (config.temperature or 0) > 0:
                 out.append(f"#{(config.seed + i) % 1000}")
             elif i:
                 out.append(f"#{i}")
@@ -119,3 +140,32 @@ class FakeBackend:
             token_count=len(text.split()),
             model_version=self.capabilities.model_version,
         )
+
+
+def _minimal(schema: Any) -> Any:
+    """A small instance of a JSON Schema, for the keywords engine tests use."""
+    if not isinstance(schema, dict):
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if schema.get("anyOf") or schema.get("oneOf"):
+        return _minimal((schema.get("anyOf") or schema["oneOf"])[0])
+    kind = schema.get("type", "object" if "properties" in schema else None)
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        required = schema.get("required", [])
+        return {name: _minimal(sub) for name, sub in properties.items() if name in required}
+    if kind == "array":
+        return [_minimal(schema.get("items", {}))] * int(schema.get("minItems", 0))
+    if kind == "string":
+        return "x" * int(schema.get("minLength", 0))
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        return max(0, low) if schema.get("maximum", 0) >= 0 else schema["maximum"]
+    if kind == "boolean":
+        return False
+    return None if kind == "null" else {}

@@ -17,6 +17,9 @@ BACKENDS: dict[str, str] = {
     "fake": "overnight.backends.fake:FakeBackend",
     "transformers": "overnight.backends.transformers:TransformersBackend",
     "sentence-transformers": "overnight.backends.sentence_transformers:SentenceTransformersBackend",
+    "vllm": "overnight.backends.vllm:VllmBackend",
+    "openai": "overnight.backends.openai:OpenAIBackend",
+    "gemini": "overnight.backends.gemini:GeminiBackend",
 }
 
 

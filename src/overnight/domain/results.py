@@ -20,12 +20,20 @@ class GenerateResult:
     candidates: list[Candidate]
     prompt_tokens: int
     model_version: str
+    # The upstream's own GenerateContentResponse, passed through as it came (the
+    # ``gemini`` backend): safety ratings, citations and the like survive.
+    raw: dict[str, Any] | None = None
 
     @property
     def candidates_tokens(self) -> int:
         return sum(c.token_count for c in self.candidates)
 
     def to_wire(self, response_id: str | None = None) -> dict[str, Any]:
+        if self.raw is not None:
+            passed = dict(self.raw)
+            if response_id and "responseId" not in passed:
+                passed["responseId"] = response_id
+            return passed
         body: dict[str, Any] = {
             "candidates": [
                 {

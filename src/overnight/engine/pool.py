@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from overnight.backends.base import Backend
@@ -26,7 +27,13 @@ class BackendPool:
     def loaded(self, name: str) -> bool:
         return name in self._backends
 
-    async def get(self, name: str) -> Backend:
+    async def get(self, name: str, on_status: Callable[[str], None] | None = None) -> Backend:
+        """The started backend of model ``name``; starts it on first use.
+
+        ``on_status`` hears what a slow start is waiting for (converting weights,
+        starting an engine), for backends that report it; it may be called from
+        another thread.
+        """
         backend = self._backends.get(name)
         if backend is not None:
             return backend
@@ -35,6 +42,8 @@ class BackendPool:
             if name not in self._backends:
                 entry = self._catalog.resolve(name)
                 backend = create_backend(entry.name, entry.settings, self._cache_dir)
+                if on_status is not None and hasattr(backend, "on_status"):
+                    backend.on_status = on_status
                 await backend.start()
                 self._backends[name] = backend
         return self._backends[name]

@@ -1,0 +1,308 @@
+"""The ``openai`` backend: any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI, …).
+
+A GenerateContentRequest becomes one ``POST {base_url}/chat/completions``:
+
+- ``systemInstruction`` → a system message; ``user``/``model`` turns → user/assistant
+  messages; text parts join into the message text, image parts (``inlineData``)
+  become ``image_url`` parts with a data URL.
+- generationConfig → ``temperature``, ``top_p``, ``top_k`` (vLLM, Ollama and llama.cpp
+  read it; set ``options.send_top_k = false`` for servers that refuse it), ``max_tokens``
+  (default: the model's ``max_output_tokens``), ``stop``, ``seed``, ``n``,
+  ``presence_penalty``, ``frequency_penalty``; ``responseMimeType: application/json``
+  → ``response_format: json_object``; ``responseSchema``/``responseJsonSchema`` →
+  ``response_format: json_schema``; ``text/x.enum`` → a JSON Schema string enum, whose
+  answer is unquoted back into the bare value.
+- The reply → candidates (``finish_reason`` stop/length/content_filter → STOP/
+  MAX_TOKENS/SAFETY), ``usageMetadata`` from ``usage``, ``modelVersion`` from ``model``.
+
+EmbedContentRequests go to ``POST {base_url}/embeddings``, up to
+``options.embed_batch_size`` (default 64) inputs per call, ``outputDimensionality`` as
+``dimensions``.
+
+Options (``[models.NAME] options = {...}``): ``embed_batch_size``, ``send_top_k``,
+``extra_body`` (a table merged into every chat call, for server-specific fields).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
+from overnight.backends.schema import OutputConstraint, output_constraint
+from overnight.backends.traffic import estimate_tokens
+from overnight.backends.upstream import UpstreamSession, fan_out, micro_batch_size, require_base_url
+from overnight.config import ModelSettings
+from overnight.domain.requests import Content, EmbedRequest, GenerateRequest
+from overnight.domain.results import Candidate, EmbedResult, GenerateResult
+from overnight.errors import ConfigError, RequestRejected
+
+FINISH_REASONS = {
+    "stop": "STOP",
+    "length": "MAX_TOKENS",
+    "content_filter": "SAFETY",
+    "tool_calls": "STOP",
+    "function_call": "STOP",
+}
+GENERATION_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "candidate_count",
+        "max_output_tokens",
+        "stop_sequences",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "response_mime_type",
+        "response_schema",
+        "response_json_schema",
+        "thinking_config",
+    }
+)
+OPTIONS = frozenset({"embed_batch_size", "send_top_k", "extra_body"})
+
+
+class OpenAIBackend:
+    """Generation and embeddings through an OpenAI-compatible HTTP server."""
+
+    def __init__(self, name: str, settings: ModelSettings, cache_dir: Path | None = None) -> None:
+        unknown = set(settings.options) - OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"model {name!r}: unknown option(s) {', '.join(sorted(unknown))} for backend "
+                f"openai; known: {', '.join(sorted(OPTIONS))}"
+            )
+        self.name = name
+        self.base_url = require_base_url(name, settings)
+        self.upstream_model = settings.model or name
+        self.embed_batch_size = int(settings.options.get("embed_batch_size", 64))
+        self.send_top_k = bool(settings.options.get("send_top_k", True))
+        self.extra_body: dict[str, Any] = dict(settings.options.get("extra_body", {}))
+        self.session = UpstreamSession(name, settings, _headers)
+        self.settings = settings
+        self.capabilities = Capabilities(
+            model_version=self.upstream_model,
+            generate=True,
+            embed=True,
+            input_modalities=frozenset({"text", "image"}),
+            generation_fields=GENERATION_FIELDS,
+            response_mime_types=frozenset({"text/plain", "application/json", "text/x.enum"}),
+            max_batch_size=micro_batch_size(settings),
+            max_candidates=settings.max_candidates,
+        )
+
+    async def start(self) -> None:
+        self.session.start()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    # ----------------------------------------------------------------- generate
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateOutcome]:
+        return await fan_out(requests, self._generate_one)
+
+    async def _generate_one(self, request: GenerateRequest) -> GenerateResult:
+        constraint = output_constraint(request.generation_config)
+        body = self.chat_body(request, constraint)
+        reply = await self.session.traffic.post(
+            f"{self.base_url}/chat/completions",
+            body,
+            tokens=self.session.generate_tokens(request),
+            what="chat completion",
+        )
+        return self._result(reply, constraint)
+
+    def chat_body(
+        self, request: GenerateRequest, constraint: OutputConstraint | None
+    ) -> dict[str, Any]:
+        """The ``/chat/completions`` body for ``request``."""
+        messages: list[dict[str, Any]] = []
+        if request.system_instruction is not None:
+            messages.append({"role": "system", "content": request.system_instruction.text})
+        for content in request.contents:
+            role = "assistant" if content.role == "model" else "user"
+            messages.append({"role": role, "content": _message_content(content)})
+        config = request.config
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "messages": messages,
+            "max_tokens": config.max_output_tokens or self.settings.max_output_tokens,
+        }
+        optional = {
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "top_k": config.top_k if self.send_top_k else None,
+            "stop": config.stop_sequences or None,
+            "seed": config.seed,
+            "n": config.candidate_count,
+            "presence_penalty": config.presence_penalty,
+            "frequency_penalty": config.frequency_penalty,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if constraint is not None:
+            body["response_format"] = response_format(constraint)
+        body.update(self.extra_body)
+        return body
+
+    def _result(self, reply: Any, constraint: OutputConstraint | None) -> GenerateResult:
+        try:
+            choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
+            usage = reply.get("usage") or {}
+            texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+            reasons = [
+                FINISH_REASONS.get(c.get("finish_reason") or "stop", "OTHER") for c in choices
+            ]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RequestRejected(
+                f"the upstream's chat completion has an unexpected shape ({exc!r})",
+                status="INTERNAL",
+                grpc_code=13,
+            ) from None
+        if constraint is not None and constraint.kind == "enum":
+            texts = [_unquote(t) for t in texts]
+        completion = int(usage.get("completion_tokens") or 0)
+        counts = _split(completion, len(choices))
+        return GenerateResult(
+            candidates=[
+                Candidate(text, reason, count)
+                for text, reason, count in zip(texts, reasons, counts, strict=True)
+            ],
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            model_version=str(reply.get("model") or self.upstream_model),
+        )
+
+    # -------------------------------------------------------------------- embed
+
+    async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
+        # Pack requests with the same dimensions into calls of embed_batch_size inputs.
+        order = sorted(range(len(requests)), key=lambda i: requests[i].output_dimensionality or 0)
+        groups: list[list[int]] = []
+        for _, same in groupby(order, key=lambda i: requests[i].output_dimensionality or 0):
+            indexes = list(same)
+            for start in range(0, len(indexes), self.embed_batch_size):
+                groups.append(indexes[start : start + self.embed_batch_size])
+
+        async def call(group: list[int]) -> list[EmbedResult]:
+            return await self._embed_group([requests[i] for i in group])
+
+        outcomes: list[EmbedOutcome | None] = [None] * len(requests)
+        for group, outcome in zip(groups, await fan_out(groups, call), strict=True):
+            for position, index in enumerate(group):
+                outcomes[index] = (
+                    outcome if isinstance(outcome, RequestRejected) else outcome[position]
+                )
+        return [o for o in outcomes if o is not None]
+
+    async def _embed_group(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        texts = [r.content.text for r in requests]
+        body: dict[str, Any] = {"model": self.upstream_model, "input": texts}
+        if requests[0].output_dimensionality is not None:
+            body["dimensions"] = requests[0].output_dimensionality
+        reply = await self.session.traffic.post(
+            f"{self.base_url}/embeddings",
+            body,
+            tokens=estimate_tokens(sum(len(t) for t in texts), 0),
+            what="embedding call",
+        )
+        try:
+            data = sorted(reply["data"], key=lambda d: d.get("index", 0))
+            vectors = [[float(v) for v in d["embedding"]] for d in data]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RequestRejected(
+                f"the upstream's embedding answer has an unexpected shape ({exc!r})",
+                status="INTERNAL",
+                grpc_code=13,
+            ) from None
+        if len(vectors) != len(texts):
+            raise RequestRejected(
+                f"the upstream returned {len(vectors)} embeddings for {len(texts)} inputs",
+                status="INTERNAL",
+                grpc_code=13,
+            )
+        total = int((reply.get("usage") or {}).get("prompt_tokens") or 0)
+        counts = _share(total, [len(t) for t in texts])
+        model = str(reply.get("model") or self.upstream_model)
+        return [
+            EmbedResult(values=v, token_count=c, model_version=model)
+            for v, c in zip(vectors, counts, strict=True)
+        ]
+
+    async def count_tokens(self, requests: Sequence[GenerateRequest | EmbedRequest]) -> list[int]:
+        """An estimate (about four characters a token): the OpenAI API has no count call."""
+        return [
+            estimate_tokens(
+                len(r.content.text if isinstance(r, EmbedRequest) else prompt_text(r)), 0
+            )
+            - 1
+            for r in requests
+        ]
+
+
+def response_format(constraint: OutputConstraint) -> dict[str, Any]:
+    """The OpenAI ``response_format`` for a structured-output constraint."""
+    if constraint.kind == "json" or constraint.json_schema is None:
+        return {"type": "json_object"}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": constraint.json_schema, "strict": True},
+    }
+
+
+def _message_content(content: Content) -> str | list[dict[str, Any]]:
+    if all(p.text is not None for p in content.parts):
+        return content.text
+    parts: list[dict[str, Any]] = []
+    for part in content.parts:
+        if part.text is not None:
+            parts.append({"type": "text", "text": part.text})
+        elif part.inline_data is not None:
+            if not part.inline_data.mime_type.startswith("image/"):
+                raise RequestRejected(
+                    f"inlineData of type {part.inline_data.mime_type} cannot be sent to an "
+                    "OpenAI-compatible server; only images are"
+                )
+            data = base64.b64encode(part.inline_data.data).decode("ascii")
+            url = f"data:{part.inline_data.mime_type};base64,{data}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise RequestRejected(
+                f"{part.kind} parts cannot be sent to an OpenAI-compatible server; "
+                "send text, or images as inlineData"
+            )
+    return parts
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _unquote(text: str) -> str:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text.strip()
+    return value if isinstance(value, str) else text
+
+
+def _split(total: int, parts: int) -> list[int]:
+    if parts == 0:
+        return []
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _share(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights``, summing exactly to ``total``."""
+    whole = sum(weights) or 1
+    counts = [total * w // whole for w in weights]
+    for i in range(total - sum(counts)):
+        counts[i % len(counts)] += 1
+    return counts
