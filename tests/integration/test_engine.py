@@ -143,7 +143,9 @@ def test_unsupported_features_are_rejected_per_request(tmp_path: Path, database_
         msg = {k: v["error"]["message"] for k, v in lines.items() if "error" in v}
         assert "contents[0].parts[1].inlineData" in msg["image"]
         assert "tools" in msg["tools"]
+        # The fake honours schemas; this one fails only for lack of a JSON mime type.
         assert "generationConfig.responseSchema" in msg["schema"]
+        assert "responseMimeType" in msg["schema"]
         assert "generationConfig.candidateCount" in msg["many"]
         assert "generationConfig.presencePenalty" in msg["penalty"]
         assert "response" in lines["safety"]  # accepted, documented as not applied
