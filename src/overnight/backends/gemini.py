@@ -22,7 +22,13 @@ from typing import Any
 
 from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome
 from overnight.backends.traffic import estimate_tokens
-from overnight.backends.upstream import UpstreamSession, fan_out, micro_batch_size, require_base_url
+from overnight.backends.upstream import (
+    UpstreamSession,
+    fan_out,
+    malformed,
+    micro_batch_size,
+    require_base_url,
+)
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest, GenerationConfig
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
@@ -94,11 +100,7 @@ class GeminiBackend:
             what="generateContent call",
         )
         if not isinstance(reply, dict):
-            raise RequestRejected(
-                "the upstream's generateContent answer is not a JSON object",
-                status="INTERNAL",
-                grpc_code=13,
-            )
+            raise malformed("the upstream's generateContent answer is not a JSON object")
         return _result(reply, self.upstream_model)
 
     async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
@@ -129,16 +131,12 @@ class GeminiBackend:
             embeddings = reply["embeddings"]
             vectors = [[float(v) for v in e["values"]] for e in embeddings]
         except (KeyError, TypeError, ValueError) as exc:
-            raise RequestRejected(
-                f"the upstream's batchEmbedContents answer has an unexpected shape ({exc!r})",
-                status="INTERNAL",
-                grpc_code=13,
+            raise malformed(
+                f"the upstream's batchEmbedContents answer has an unexpected shape ({exc!r})"
             ) from None
         if len(vectors) != len(requests):
-            raise RequestRejected(
-                f"the upstream returned {len(vectors)} embeddings for {len(requests)} requests",
-                status="INTERNAL",
-                grpc_code=13,
+            raise malformed(
+                f"the upstream returned {len(vectors)} embeddings for {len(requests)} requests"
             )
         counts = [int(e.get("tokenCount") or 0) for e in embeddings]
         return [

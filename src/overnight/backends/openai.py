@@ -36,7 +36,13 @@ import orjson
 from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
 from overnight.backends.schema import OutputConstraint, output_constraint
 from overnight.backends.traffic import estimate_tokens
-from overnight.backends.upstream import UpstreamSession, fan_out, micro_batch_size, require_base_url
+from overnight.backends.upstream import (
+    UpstreamSession,
+    fan_out,
+    malformed,
+    micro_batch_size,
+    require_base_url,
+)
 from overnight.config import ModelSettings
 from overnight.domain.requests import Content, EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
@@ -161,10 +167,8 @@ class OpenAIBackend:
                 FINISH_REASONS.get(c.get("finish_reason") or "stop", "OTHER") for c in choices
             ]
         except (KeyError, TypeError, AttributeError) as exc:
-            raise RequestRejected(
-                f"the upstream's chat completion has an unexpected shape ({exc!r})",
-                status="INTERNAL",
-                grpc_code=13,
+            raise malformed(
+                f"the upstream's chat completion has an unexpected shape ({exc!r})"
             ) from None
         if constraint is not None and constraint.kind == "enum":
             texts = [_unquote(t) for t in texts]
@@ -216,16 +220,12 @@ class OpenAIBackend:
             data = sorted(reply["data"], key=lambda d: d.get("index", 0))
             vectors = [[float(v) for v in d["embedding"]] for d in data]
         except (KeyError, TypeError, ValueError) as exc:
-            raise RequestRejected(
-                f"the upstream's embedding answer has an unexpected shape ({exc!r})",
-                status="INTERNAL",
-                grpc_code=13,
+            raise malformed(
+                f"the upstream's embedding answer has an unexpected shape ({exc!r})"
             ) from None
         if len(vectors) != len(texts):
-            raise RequestRejected(
-                f"the upstream returned {len(vectors)} embeddings for {len(texts)} inputs",
-                status="INTERNAL",
-                grpc_code=13,
+            raise malformed(
+                f"the upstream returned {len(vectors)} embeddings for {len(texts)} inputs"
             )
         total = int((reply.get("usage") or {}).get("prompt_tokens") or 0)
         counts = _share(total, [len(t) for t in texts])

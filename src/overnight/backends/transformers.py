@@ -365,23 +365,7 @@ class TransformersBackend:
         return self._compiler
 
     def _template(self, request: GenerateRequest) -> str:
-        messages = []
-        if request.system_instruction is not None:
-            messages.append({"role": "system", "content": request.system_instruction.text})
-        for content in request.contents:
-            role = "assistant" if content.role == "model" else "user"
-            messages.append({"role": role, "content": content.text})
-        if not getattr(self._tokenizer, "chat_template", None):  # a base model: plain text
-            return "\n\n".join(m["content"] for m in messages)
-        try:
-            text: str = self._tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:  # the template's own checks (role order, …)
-            raise RequestRejected(
-                f"contents: the model's chat template refused them: {exc}"
-            ) from None
-        return text
+        return chat_prompt(self._tokenizer, request)
 
     def _run_batch(self, rows: list[Row]) -> None:
         import torch
@@ -517,6 +501,29 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         found.add(tokenizer.eos_token_id)
     return frozenset(found)
+
+
+def chat_prompt(tokenizer: Any, request: GenerateRequest) -> str:
+    """The prompt text: systemInstruction and the turns through the tokenizer's chat
+    template (``model`` turns as assistant), or joined plainly for a base model.
+
+    Raises RequestRejected when the template refuses the turns (role order, …).
+    """
+    messages = []
+    if request.system_instruction is not None:
+        messages.append({"role": "system", "content": request.system_instruction.text})
+    for content in request.contents:
+        role = "assistant" if content.role == "model" else "user"
+        messages.append({"role": role, "content": content.text})
+    if not getattr(tokenizer, "chat_template", None):  # a base model: plain text
+        return "\n\n".join(m["content"] for m in messages)
+    try:
+        text: str = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+    except Exception as exc:  # the template's own checks (role order, …)
+        raise RequestRejected(f"contents: the model's chat template refused them: {exc}") from None
+    return text
 
 
 def _schema_field(config: Any) -> str:

@@ -103,6 +103,11 @@ class UpstreamSession:
         return estimate_tokens(len(prompt_text(request)), budget)
 
 
+def malformed(message: str) -> RequestRejected:
+    """The error line for an upstream answer Overnight cannot read (INTERNAL)."""
+    return RequestRejected(message, status="INTERNAL", grpc_code=13)
+
+
 async def fan_out(
     items: Sequence[T], call: Callable[[T], Awaitable[R]]
 ) -> list[R | RequestRejected]:

@@ -74,6 +74,7 @@ from overnight.backends.transformers import (
     _safe,
     _save_atomically,
     _source_path,
+    chat_prompt,
 )
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
@@ -521,23 +522,7 @@ class VllmBackend:
         return [len(ids) for ids in self._encode(texts, special=self.capabilities.embed)]
 
     def _prompt(self, request: GenerateRequest) -> str:
-        messages = []
-        if request.system_instruction is not None:
-            messages.append({"role": "system", "content": request.system_instruction.text})
-        for content in request.contents:
-            role = "assistant" if content.role == "model" else "user"
-            messages.append({"role": role, "content": content.text})
-        if not getattr(self._tokenizer, "chat_template", None):  # a base model: plain text
-            return "\n\n".join(m["content"] for m in messages)
-        try:
-            text: str = self._tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:  # the template's own checks (role order, …)
-            raise RequestRejected(
-                f"contents: the model's chat template refused them: {exc}"
-            ) from None
-        return text
+        return chat_prompt(self._tokenizer, request)
 
     def _encode(self, texts: list[str], *, special: bool = False) -> list[list[int]]:
         if not texts:
