@@ -74,8 +74,8 @@ def specs(n: int) -> list[ShardSpec]:
     return [ShardSpec(i, i * 10, i * 10 + 10, i + 1, 1) for i in range(n)]
 
 
-async def admitted(store: SqlStore, batch_id: str, n: int = 3) -> None:
-    await store.create_batch(make_batch(batch_id), "in")
+async def admitted(store: SqlStore, batch_id: str, n: int = 3, expire: float = 1e12) -> None:
+    await store.create_batch(make_batch(batch_id, expire=expire), "in")
     claimed = await store.claim_batch_work("w", now=time.time(), lease_until=time.time() + 60)
     assert claimed is not None and claimed[1] == "admit"
     assert await store.admit(batch_id, "w", specs(n), now=time.time())
@@ -272,6 +272,24 @@ def test_expire_batches(store: SqlStore) -> None:
         assert await store.expire_batches(now=100.0) == ["old"]
         assert (await store.get_batch("old")).state is BatchState.EXPIRED
         assert (await store.get_batch("new")).state is BatchState.PENDING
+
+    asyncio.run(go())
+
+
+def test_overdue_batch_is_neither_admitted_nor_run(store: SqlStore) -> None:
+    """Whichever a worker reaches first, the reaper or the work, an overdue batch expires."""
+
+    async def go() -> None:
+        await admitted(store, "running", 1, expire=time.time() + 3600)
+        await store.create_batch(make_batch("late", expire=time.time() + 3600), "in")
+        later = time.time() + 7200
+        assert await store.claim_batch_work("w", now=later, lease_until=later + 60) is None
+        assert await store.lease_shard("w", "t", now=later, lease_until=later + 60) is None
+        assert sorted(await store.expire_batches(now=later)) == ["late", "running"]
+        now = time.time()
+        claimed = await store.claim_batch_work("w", now=later, lease_until=later + 60)
+        assert claimed is not None and claimed[1] == "finalize"
+        assert await store.lease_shard("w", "t", now=now, lease_until=now + 60) is None
 
     asyncio.run(go())
 

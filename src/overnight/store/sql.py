@@ -404,7 +404,11 @@ class SqlStore:
         live_shards = exists().where(
             s.c.batch_id == b.c.id, s.c.state == ShardState.LEASED.value, s.c.lease_expires >= now
         )
-        admit = and_(b.c.state == BatchState.PENDING.value, not_(b.c.admitted))
+        # An overdue batch is never admitted or run: the reaper expires it instead,
+        # whichever of the two a worker happens to reach first.
+        admit = and_(
+            b.c.state == BatchState.PENDING.value, not_(b.c.admitted), b.c.expire_time >= now
+        )
         finish = and_(
             not_(b.c.finalized),
             or_(
@@ -573,7 +577,9 @@ class SqlStore:
             stmt = (
                 select(s.c.batch_id, s.c.seq)
                 .join(b, b.c.id == s.c.batch_id)
-                .where(runnable, b.c.state == BatchState.RUNNING.value)
+                .where(
+                    runnable, b.c.state == BatchState.RUNNING.value, b.c.expire_time >= now
+                )
             )
             if batch_id is not None:
                 stmt = stmt.where(s.c.batch_id == batch_id)
