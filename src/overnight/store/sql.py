@@ -577,9 +577,7 @@ class SqlStore:
             stmt = (
                 select(s.c.batch_id, s.c.seq)
                 .join(b, b.c.id == s.c.batch_id)
-                .where(
-                    runnable, b.c.state == BatchState.RUNNING.value, b.c.expire_time >= now
-                )
+                .where(runnable, b.c.state == BatchState.RUNNING.value, b.c.expire_time >= now)
             )
             if batch_id is not None:
                 stmt = stmt.where(s.c.batch_id == batch_id)
