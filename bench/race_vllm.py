@@ -12,7 +12,15 @@ vLLM sides, so every side generates the same tokens), greedy:
 - ``overnight run`` on ``smollm2-135m-instruct-vllm``: the same prompts as a Gemini batch file;
 - ``overnight run`` on ``smollm2-135m-instruct`` (the transformers backend; it stops at
   EOS, so it may generate fewer tokens: its rate is over the tokens it did generate);
-- vLLM's bare ``LLM.generate`` on token ids: the engine's own ceiling.
+- vLLM's bare ``LLM.generate`` on token ids: the engine's own ceiling;
+- a control: ``vllm run-batch`` with tcmalloc preloaded (``LD_PRELOAD``), which
+  Overnight does for its engine by default (``options.cpu_allocator``) and run-batch
+  leaves to the user. Only where the machine has tcmalloc.
+
+The two main sides run ``--rounds`` times (default 3), alternating which goes first, and
+each round's ratio compares two runs made back to back; the summary is the median. A
+shared two-core machine drifts by ±5% from one minute to the next, as much as the
+difference being measured. The other sides run once.
 
 Every vLLM side loads the same converted folder with the same settings: bfloat16, eager,
 ``max_num_seqs`` 256, ``max_model_len`` 2048, 4 GiB of KV cache, OpenMP threads bound to
@@ -27,7 +35,11 @@ Measures, per side:
   processed N requests in X s"), which ends once the results file is written.
   ``LLM.generate``: the ``generate`` call alone. tokens/s = generated tokens / that time;
 - **peak RSS**: the largest sum of resident memory over the process and all its
-  descendants (engine core included), sampled every 0.2 s from /proc.
+  descendants (engine core included), sampled every 0.5 s from /proc;
+- **CPU in the generation phase**: CPU seconds of the front-end process (the one
+  started: Overnight's, or run-batch's API layer) and of everything under it (vLLM's
+  engine core and worker), from the same samples. On two cores every second the
+  front-end takes is taken from the engine.
 
 Part 2, cross-batch continuous batching: ``--cross-requests`` requests split into
 ``--cross-batches`` files (``--cross-tokens`` each). Overnight: one ``overnight serve``, every batch submitted at
@@ -44,12 +56,15 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from overnight.backends.vllm import find_tcmalloc
 
 NAME = "smollm2-135m-instruct-vllm"
 SETTINGS = {"max_num_seqs": 256, "max_model_len": 2048, "kv_cache_space": 4}
@@ -64,6 +79,10 @@ class Side:
     tokens: int
     peak_rss_mb: float
     requests: int
+    # CPU seconds during the generation phase: the front-end process (the one started),
+    # and everything under it (vLLM's engine core and its helpers)
+    front_cpu_s: float = 0.0
+    engine_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -73,29 +92,58 @@ class Side:
 # ---- processes: timed, with their output lines stamped and the tree's RSS sampled ------
 
 
-def _tree_rss_kib(root: int) -> int:
+@dataclass
+class Timed:
+    wall_s: float
+    peak_rss_mb: float
+    lines: list[tuple[float, str]]
+    # (seconds since start, CPU seconds of the process itself, CPU seconds of its descendants)
+    cpu: list[tuple[float, float, float]]
+
+    def cpu_between(self, start: float, end: float) -> tuple[float, float]:
+        """CPU seconds (the process itself, its descendants) spent from ``start`` to ``end``."""
+
+        def at(t: float) -> tuple[float, float]:
+            before = [c for c in self.cpu if c[0] <= t]
+            return before[-1][1:] if before else (0.0, 0.0)
+
+        (own0, kids0), (own1, kids1) = at(start), at(end)
+        return own1 - own0, kids1 - kids0
+
+
+def _tree_sample(root: int, seen: dict[int, float]) -> tuple[int, float, float]:
+    """(RSS KiB of the tree, CPU s of ``root``, CPU s of its descendants).
+
+    ``seen`` keeps each descendant's last CPU reading, so one that has exited (the
+    engine core, once a run is done) still counts.
+    """
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             pid = int(stat.parent.name)
             parents[pid] = int(fields[1])
             rss[pid] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        if pid != root and pid in cpu:
+            seen[pid] = cpu[pid]
         todo.extend(child for child, parent in parents.items() if parent == pid)
-    return total
+    return total, cpu.get(root, 0.0), sum(seen.values())
 
 
 def run_timed(
     cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout: float = 3600
-) -> tuple[float, float, list[tuple[float, str]]]:
-    """Run ``cmd``; return (wall seconds, peak tree RSS MiB, stamped output lines)."""
+) -> Timed:
+    """Run ``cmd``, stamping its output lines and sampling its tree's RSS and CPU time."""
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -107,6 +155,8 @@ def run_timed(
         start_new_session=True,
     )
     lines: list[tuple[float, str]] = []
+    cpu: list[tuple[float, float, float]] = []
+    seen: dict[int, float] = {}
     peak = 0
 
     def read() -> None:
@@ -117,17 +167,19 @@ def run_timed(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_kib(proc.pid))
+        rss, own, kids = _tree_sample(proc.pid, seen)
+        peak = max(peak, rss)
+        cpu.append((time.monotonic() - started, own, kids))
         if time.monotonic() - started > timeout:
             os.killpg(proc.pid, signal.SIGKILL)
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     wall = time.monotonic() - started
     reader.join(10)
     log.write_text("\n".join(f"{t:8.2f} {line}" for t, line in lines) + "\n")
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} … failed (rc={proc.returncode}); see {log}")
-    return wall, peak / 1024, lines
+    return Timed(wall, peak / 1024, lines, cpu)
 
 
 # ---- inputs ------------------------------------------------------------------------------
@@ -223,13 +275,24 @@ def converted_folder(work: Path) -> Path:
 # ---- the sides -----------------------------------------------------------------------------
 
 
-def side_run_batch(work: Path, folder: Path, src: Path, tag: str) -> Side:
+def side_run_batch(
+    work: Path,
+    folder: Path,
+    src: Path,
+    tag: str,
+    *,
+    label: str = "vllm run-batch",
+    env: dict[str, str] | None = None,
+) -> Side:
     out = work / f"{tag}.out.jsonl"
     started = time.time()
-    wall, rss, lines = run_timed(
-        run_batch_cmd(folder, src, out), cwd=work, env=vllm_env(), log=work / f"{tag}.log"
+    timed = run_timed(
+        run_batch_cmd(folder, src, out),
+        cwd=work,
+        env={**vllm_env(), **(env or {})},
+        log=work / f"{tag}.log",
     )
-    ready = next((t for t, line in lines if "Reading batch from" in line), None)
+    ready = next((t for t, line in timed.lines if "Reading batch from" in line), None)
     if ready is None:
         raise SystemExit(f"no 'Reading batch from' line in {work / f'{tag}.log'}")
     # The phase ends when the results are written, as Overnight's does (not at exit,
@@ -240,7 +303,17 @@ def side_run_batch(work: Path, folder: Path, src: Path, tag: str) -> Side:
         body = json.loads(raw)["response"]["body"]
         tokens += body["usage"]["completion_tokens"]
         requests += 1
-    return Side("vllm run-batch", wall, written - ready, tokens, rss, requests)
+    front, engine = timed.cpu_between(ready, written)
+    return Side(
+        label,
+        timed.wall_s,
+        written - ready,
+        tokens,
+        timed.peak_rss_mb,
+        requests,
+        front,
+        engine,
+    )
 
 
 _PROCESSED = re.compile(r"processed (\d+) requests in ([\d.]+) s")
@@ -261,12 +334,24 @@ def side_overnight(work: Path, src: Path, model: str, tag: str, label: str) -> S
     ]
     cmd += ["-m", model, "-d", str(data), "-q"]
     env = {"OVERNIGHT_MODEL_CACHE_DIR": str(work / "models"), "COLUMNS": "200"}
-    wall, rss, lines = run_timed(cmd, cwd=work, env=env, log=work / f"{tag}.log")
-    text = "\n".join(line for _, line in lines)
+    timed = run_timed(cmd, cwd=work, env=env, log=work / f"{tag}.log")
+    text = "\n".join(line for _, line in timed.lines)
     processed, tokens = _PROCESSED.search(text), _TOKENS.search(text)
-    if processed is None or tokens is None:
+    done = next((t for t, line in timed.lines if _PROCESSED.search(line)), None)
+    if processed is None or tokens is None or done is None:
         raise SystemExit(f"no summary in {work / f'{tag}.log'}")
-    return Side(label, wall, float(processed[2]), int(tokens[1]), rss, int(processed[1]))
+    gen_s = float(processed[2])
+    front, engine = timed.cpu_between(done - gen_s, done)
+    return Side(
+        label,
+        timed.wall_s,
+        gen_s,
+        int(tokens[1]),
+        timed.peak_rss_mb,
+        int(processed[1]),
+        front,
+        engine,
+    )
 
 
 BARE = """
@@ -296,16 +381,20 @@ def side_bare(work: Path, folder: Path, texts: list[str], tokens: int) -> Side:
     script.write_text(BARE % {"seqs": SETTINGS["max_num_seqs"], "len": SETTINGS["max_model_len"]})
     (work / "bare_prompts.json").write_text(json.dumps(texts))
     cmd = [sys.executable, str(script), str(folder), str(tokens), str(work / "bare_prompts.json")]
-    wall, rss, lines = run_timed(cmd, cwd=work, env=vllm_env(), log=work / "bare.log")
-    found = next(line for _, line in lines if line.startswith("BARE "))
+    timed = run_timed(cmd, cwd=work, env=vllm_env(), log=work / "bare.log")
+    done, found = next((t, line) for t, line in timed.lines if line.startswith("BARE "))
     values = dict(part.split("=") for part in found.split()[1:])
+    gen_s = float(values["gen_s"])
+    front, engine = timed.cpu_between(done - gen_s, done)
     return Side(
         "vLLM LLM.generate (bare)",
-        wall,
-        float(values["gen_s"]),
+        timed.wall_s,
+        gen_s,
         int(values["tokens"]),
-        rss,
+        timed.peak_rss_mb,
         int(values["requests"]),
+        front,
+        engine,
     )
 
 
@@ -359,7 +448,7 @@ def cross_overnight(work: Path, files: list[Path]) -> tuple[float, float]:
             jobs.append(client.batches.create(model=NAME, src=file.name).name)
         pending = set(jobs)
         while pending:
-            peak = max(peak, _tree_rss_kib(proc.pid))
+            peak = max(peak, _tree_sample(proc.pid, {})[0])
             for name in list(pending):
                 state = client.batches.get(name=name).state.name
                 if state == "JOB_STATE_SUCCEEDED":
@@ -381,11 +470,11 @@ def cross_run_batch(work: Path, folder: Path, files: list[Path]) -> tuple[float,
     total, peak = 0.0, 0.0
     for i, path in enumerate(files):
         out = work / f"cross-{i}.out.jsonl"
-        wall, rss, _ = run_timed(
+        timed = run_timed(
             run_batch_cmd(folder, path, out), cwd=work, env=vllm_env(), log=work / f"cross-{i}.log"
         )
-        total += wall
-        peak = max(peak, rss)
+        total += timed.wall_s
+        peak = max(peak, timed.peak_rss_mb)
     return total, peak
 
 
@@ -394,13 +483,29 @@ def cross_run_batch(work: Path, folder: Path, files: list[Path]) -> tuple[float,
 
 def table(sides: list[Side], reference: Side) -> str:
     rows = [
-        "| side | requests | tokens | wall s (start-up incl.) | generation s | tokens/s | ÷ run-batch | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| side | requests | tokens | wall s (start-up incl.) | generation s | tokens/s "
+        "| ÷ run-batch | peak RSS MiB | CPU s in generation: front-end + engine |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sides:
         rows.append(
             f"| {s.name} | {s.requests} | {s.tokens} | {s.wall_s:.1f} | {s.gen_s:.1f} | "
-            f"{s.rate:.0f} | {s.rate / reference.rate:.2f}× | {s.peak_rss_mb:.0f} |"
+            f"{s.rate:.0f} | {s.rate / reference.rate:.2f}× | {s.peak_rss_mb:.0f} | "
+            f"{s.front_cpu_s:.1f} + {s.engine_cpu_s:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def rounds_table(rounds: list[tuple[Side, Side]]) -> str:
+    rows = [
+        "\n| round | run-batch generation s (tokens/s) | Overnight generation s (tokens/s) "
+        "| ratio | wall s, run-batch vs Overnight |",
+        "|---:|---|---|---:|---|",
+    ]
+    for i, (b, o) in enumerate(rounds, 1):
+        rows.append(
+            f"| {i} | {b.gen_s:.1f} ({b.rate:.0f}) | {o.gen_s:.1f} ({o.rate:.0f}) | "
+            f"{o.rate / b.rate:.2f}× | {b.wall_s:.1f} vs {o.wall_s:.1f} |"
         )
     return "\n".join(rows)
 
@@ -412,7 +517,10 @@ def main() -> None:
     parser.add_argument("--cross-requests", type=int, default=2000)
     parser.add_argument("--cross-batches", type=int, default=8)
     parser.add_argument("--cross-tokens", type=int, default=32)
-    parser.add_argument("--skip", default="", help="comma list: transformers,bare")
+    parser.add_argument("--skip", default="", help="comma list: transformers,bare,control")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of run-batch against Overnight, alternating"
+    )
     parser.add_argument("--work", type=Path, default=Path(".race-vllm"))
     args = parser.parse_args()
     work = args.work.resolve()
@@ -432,10 +540,30 @@ def main() -> None:
     openai = write_openai(work / "race.openai.jsonl", texts, args.tokens, str(folder))
     overnight_config(work / "overnight.toml")
 
-    sides = [side_run_batch(work, folder, openai, "run-batch")]
-    print(f"run-batch: {sides[-1]}", flush=True)
-    sides.append(side_overnight(work, gemini, NAME, "overnight-vllm", "overnight run (vllm)"))
-    print(f"overnight: {sides[-1]}", flush=True)
+    # The two main sides alternate, round after round (run-batch first in odd rounds,
+    # Overnight first in even ones), so a slow spell of a shared machine hits both alike;
+    # each round's ratio compares two runs made back to back.
+    rounds: list[tuple[Side, Side]] = []
+    for r in range(args.rounds):
+        tag = f"-{r + 1}" if args.rounds > 1 else ""
+        pair: dict[str, Side] = {}
+        for which in ("run-batch", "overnight") if r % 2 == 0 else ("overnight", "run-batch"):
+            if which == "run-batch":
+                pair[which] = side_run_batch(work, folder, openai, f"run-batch{tag}")
+            else:
+                label = "overnight run (vllm)"
+                pair[which] = side_overnight(work, gemini, NAME, f"overnight-vllm{tag}", label)
+            print(f"round {r + 1}, {which}: {pair[which]}", flush=True)
+        rounds.append((pair["run-batch"], pair["overnight"]))
+    sides = [rounds[0][0], rounds[0][1]]
+    tcmalloc = find_tcmalloc()
+    if "control" not in skip and tcmalloc is not None:
+        # Overnight preloads tcmalloc into its engine processes (options.cpu_allocator);
+        # run-batch as users run it does not. This row gives run-batch the same.
+        label = "vllm run-batch + tcmalloc preloaded (control)"
+        env = {"LD_PRELOAD": tcmalloc}
+        sides.append(side_run_batch(work, folder, openai, "control", label=label, env=env))
+        print(f"control: {sides[-1]}", flush=True)
     if "bare" not in skip:
         sides.append(side_bare(work, folder, texts, args.tokens))
         print(f"bare: {sides[-1]}", flush=True)
@@ -446,14 +574,18 @@ def main() -> None:
     print()
     print(f"## {args.requests} requests x {args.tokens} new tokens, {os.cpu_count()} cores\n")
     print(table(sides, sides[0]))
-    overnight, run_batch = sides[1], sides[0]
+    print(rounds_table(rounds))
+    ratios = sorted(o.rate / b.rate for b, o in rounds)
+    walls = sorted(o.wall_s / b.wall_s for b, o in rounds)
     print(
-        f"\nOvernight ÷ run-batch: generation {overnight.rate / run_batch.rate:.2f}×, "
-        f"wall {overnight.wall_s / run_batch.wall_s:.2f}× (lower is better)"
+        f"\nOvernight ÷ run-batch, median of {len(rounds)} round(s): generation "
+        f"{statistics.median(ratios):.2f}× (rounds: {', '.join(f'{x:.2f}' for x in ratios)}), "
+        f"wall {statistics.median(walls):.2f}× (lower is better)"
     )
     bare = next((s for s in sides if "bare" in s.name), None)
     if bare is not None:
-        print(f"Overnight ÷ LLM.generate: generation {overnight.rate / bare.rate:.2f}×")
+        rate = statistics.median(o.rate for _, o in rounds)
+        print(f"Overnight (median) ÷ LLM.generate: generation {rate / bare.rate:.2f}×")
 
     if args.cross_requests:
         per = -(-args.cross_requests // args.cross_batches)

@@ -35,8 +35,11 @@ def test_batch_runs_in_input_order_with_counters(tmp_path: Path, database_url: s
             tmp_path / "in.jsonl",
             ({"key": f"k{i}", "request": request("word " * (i % 5 + 1))} for i in range(50)),
         )
-        batch = await drive(svc, (await submit(svc, src)).id, workers=2)
+        finalized: list[str] = []
+        created = await submit(svc, src)
+        batch = await drive(svc, created.id, workers=2, on_finalized=finalized.append)
         assert batch.state is BatchState.SUCCEEDED
+        assert finalized == [created.id]  # `overnight run` waits on this, not on polling
         assert (batch.request_count, batch.succeeded_count, batch.failed_count) == (50, 50, 0)
         lines = await output_lines(svc, batch)
         assert [line["key"] for line in lines] == [f"k{i}" for i in range(50)]

@@ -159,6 +159,55 @@ def test_unknown_option_is_a_config_error_naming_it(tmp_path: Path) -> None:
         VllmBackend(NAME, bad, tmp_path)
 
 
+def test_cpu_allocator_preloads_tcmalloc_for_the_engine_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import overnight.backends.vllm as vllm_backend
+    from overnight.backends.vllm import VllmBackend
+    from overnight.errors import BackendUnavailable
+
+    def backend(allocator: str) -> VllmBackend:
+        options = {"cpu_allocator": allocator}
+        return VllmBackend(
+            NAME, builtin_models()[NAME].model_copy(update={"options": options}), tmp_path
+        )
+
+    monkeypatch.setenv("LD_PRELOAD", "/opt/other.so")
+    monkeypatch.setattr(vllm_backend, "find_tcmalloc", lambda: "/lib/libtcmalloc_minimal.so.4")
+    backend("system")._preload_allocator()
+    assert os.environ["LD_PRELOAD"] == "/opt/other.so"
+    backend("auto")._preload_allocator()
+    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4:/opt/other.so"
+    backend("auto")._preload_allocator()  # a second model does not add it twice
+    assert os.environ["LD_PRELOAD"].count("libtcmalloc") == 1
+
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setattr(vllm_backend, "find_tcmalloc", lambda: None)
+    backend("auto")._preload_allocator()  # missing: the system allocator, no error
+    assert "LD_PRELOAD" not in os.environ
+    with pytest.raises(BackendUnavailable, match="apt-get install libtcmalloc-minimal4"):
+        backend("tcmalloc")._preload_allocator()
+
+
+def test_the_running_engine_uses_tcmalloc_where_the_machine_has_it(backend: Any) -> None:
+    from overnight.backends.vllm import _children, find_tcmalloc
+
+    if find_tcmalloc() is None:
+        why = "no tcmalloc on this machine (apt-get install libtcmalloc-minimal4)"
+        if os.environ.get("OVERNIGHT_REQUIRE_TCMALLOC") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    engine_pids = _children(os.getpid())
+    assert engine_pids, "the engine runs in child processes"
+    maps = []
+    for pid in engine_pids:
+        try:
+            maps.append(Path(f"/proc/{pid}/maps").read_text())
+        except OSError:
+            continue
+    assert any("libtcmalloc" in m for m in maps), "no engine process loaded tcmalloc"
+
+
 # ---- generation ------------------------------------------------------------------------
 
 

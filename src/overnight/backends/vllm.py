@@ -144,6 +144,13 @@ class VllmOptions(BaseModel):
         ge=0,
         description="CPU: cores vLLM keeps free of its threads (VLLM_CPU_NUM_OF_RESERVED_CPU).",
     )
+    cpu_allocator: Literal["auto", "tcmalloc", "system"] = Field(
+        "auto",
+        description="CPU: the memory allocator of the engine's processes. auto: preload "
+        "tcmalloc (LD_PRELOAD) where the system has it, as vLLM's CPU guide advises (about "
+        "5% faster here; `apt-get install libtcmalloc-minimal4`); tcmalloc: the same, and "
+        "fail if it is missing; system: the C library's.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
     enable_prefix_caching: bool | None = Field(
         None, description="Reuse KV of shared prompt prefixes."
@@ -327,7 +334,33 @@ class VllmBackend:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(space)))
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _thread_binding(opts.cpu_threads_bind)
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(opts.cpu_reserved)
+            self._preload_allocator()
         return on_cpu
+
+    def _preload_allocator(self) -> None:
+        """Give the engine's processes tcmalloc (they inherit LD_PRELOAD when spawned).
+
+        This process is already running and keeps its allocator; only the engine core
+        and its worker, started after this, load tcmalloc.
+        """
+        wanted = self.options.cpu_allocator
+        preload = os.environ.get("LD_PRELOAD", "")
+        if wanted == "system" or "libtcmalloc" in preload:
+            return
+        found = find_tcmalloc()
+        if found is None:
+            if wanted == "tcmalloc":
+                raise BackendUnavailable(
+                    f"model {self.name!r}: options.cpu_allocator is tcmalloc, but no "
+                    "libtcmalloc_minimal.so.4 was found; run: apt-get install "
+                    'libtcmalloc-minimal4 (Debian/Ubuntu), or set cpu_allocator = "auto"'
+                )
+            log.info(
+                "model %s: tcmalloc not found; the engine uses the system allocator", self.name
+            )
+            return
+        os.environ["LD_PRELOAD"] = f"{found}:{preload}" if preload else found
+        log.info("model %s: the engine's processes preload %s", self.name, found)
 
     def _engine_args(self, folder: str, on_cpu: bool) -> dict[str, Any]:
         opts = self.options
@@ -576,6 +609,26 @@ def _truncate(values: list[float], dimensions: int | None) -> list[float]:
     cut = values[:dimensions]
     norm = math.sqrt(sum(v * v for v in cut)) or 1.0
     return [v / norm for v in cut]
+
+
+_TCMALLOC_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
+
+
+def find_tcmalloc() -> str | None:
+    """The path of a tcmalloc library on this machine (the venv's or conda's first), or None."""
+    dirs = [os.path.join(sys.prefix, "lib"), *_TCMALLOC_DIRS]
+    for folder in dirs:
+        for name in ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return path
+    return None
 
 
 def _thread_binding(wanted: str) -> str:

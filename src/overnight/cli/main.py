@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -397,10 +397,34 @@ def version() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    code: int | str | None
     try:
         app()
+        code = 0
     except KeyboardInterrupt:  # Ctrl-C before a command's own handling began
-        sys.exit(130)
+        code = 130
+    except SystemExit as exc:  # how typer ends every command
+        code = exc.code
+    _exit(code)
+
+
+def _exit(code: int | str | None) -> NoReturn:
+    """Exit with ``code``; skip the interpreter's teardown once vLLM has been loaded.
+
+    Every command has closed what it opened by now (the engine is stopped, the store
+    closed, the results written). Tearing down torch's and vLLM's modules adds about
+    2.5 s to every ``overnight run`` on two cores and does nothing that matters, so
+    after flushing the output we leave at once. Without vLLM, the normal exit.
+    """
+    if "vllm" not in sys.modules:
+        sys.exit(code)
+    if isinstance(code, str):  # SystemExit("message"): print it, exit 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

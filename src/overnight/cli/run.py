@@ -10,7 +10,9 @@ wait for them to expire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,20 +126,18 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
                 )
             load_s = time.monotonic() - loading
         with RunProgress(console, enabled=req.show_progress) as progress:
-            worker = svc.worker(WorkerScope(batch_id=batch.id), on_progress=progress.on_progress)
+            finalized = asyncio.Event()
+            worker = svc.worker(
+                WorkerScope(batch_id=batch.id),
+                on_progress=progress.on_progress,
+                on_finalized=lambda _: finalized.set(),
+            )
             await worker.reap()  # free leases a killed run left behind
             base_done = batch.done_count
             stop = asyncio.Event()
             task = asyncio.create_task(worker.run(stop))
             try:
-                while True:
-                    batch = await svc.batches.get(None, batch.id)
-                    if batch.finalized or task.done():
-                        break
-                    total = batch.request_count if batch.admitted else None
-                    progress.update(done=base_done + progress.requests, total=total)
-                    await asyncio.sleep(0.05)  # a cheap read; the run ends when we see it
-                progress.update(done=batch.done_count, total=batch.request_count)
+                batch = await _follow(svc, batch, task, finalized, progress, base_done)
             finally:
                 stop.set()
                 await task
@@ -154,6 +154,35 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
         )
     wall = time.monotonic() - started
     return RunSummary(batch, wall, req.output, processed, generated, load_s)
+
+
+async def _follow(
+    svc: Services,
+    batch: Batch,
+    task: asyncio.Task[None],
+    finalized: asyncio.Event,
+    progress: RunProgress,
+    base_done: int,
+) -> Batch:
+    """Draw progress until the batch is finalized (or the worker stops); return it.
+
+    The worker counts progress in memory and says when it has finalized the batch, so
+    this reads the store only to learn the request count after admission and, once
+    every two seconds, to notice a batch finalized elsewhere (another worker, a cancel).
+    """
+    last_read = -math.inf
+    while True:
+        if finalized.is_set() or task.done() or time.monotonic() - last_read >= 2.0:
+            finalized.clear()
+            batch = await svc.batches.get(None, batch.id)
+            last_read = time.monotonic() if batch.admitted else -math.inf
+            if batch.finalized or task.done():
+                progress.update(done=batch.done_count, total=batch.request_count)
+                return batch
+        total = batch.request_count if batch.admitted else None
+        progress.update(done=base_done + progress.requests, total=total)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finalized.wait(), 0.25)
 
 
 def first_errors(path: Path, limit: int = 3) -> list[str]:

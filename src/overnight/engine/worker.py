@@ -80,6 +80,9 @@ class Worker:
     settings: EngineSettings
     scope: WorkerScope = field(default_factory=WorkerScope)
     on_progress: ProgressFn | None = None
+    on_finalized: Callable[[str], None] | None = (
+        None  # called with the id of each batch this worker finalized
+    )
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=new_owner_id)
     retention_s: float | None = None
@@ -137,6 +140,8 @@ class Worker:
                     await finalize_batch(
                         self.store, self.blobs, batch, self.owner, retention_s=self.retention_s
                     )
+                    if self.on_finalized is not None:
+                        self.on_finalized(batch.id)
             finally:
                 await self.store.release_batch(batch.id, self.owner)
             return True

@@ -1,6 +1,8 @@
 """The metadata store on SQLAlchemy 2 Core, for SQLite and PostgreSQL.
 
-Every public method is async; the blocking driver calls run in a worker thread.
+Every public method is async; the blocking driver calls run on the store's own
+threads, so a heartbeat's renewal never queues behind model work or file copies in
+the event loop's default executor.
 Each method is one transaction. State changes are conditional UPDATEs (``WHERE
 state IN …`` / ``WHERE lease_token = …``) and report whether they won, so two
 workers racing for the same shard or transition cannot both succeed.
@@ -16,6 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -72,6 +75,8 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # As many threads as the pool has connections (create_sql_engine: 10 + 10).
+        self._threads = ThreadPoolExecutor(max_workers=20, thread_name_prefix="overnight-store")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -89,6 +94,7 @@ class SqlStore:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._engine.dispose)
+        self._threads.shutdown(wait=False)
 
     def _migrate(self, conn: Connection) -> None:
         if conn.dialect.name == "postgresql":
@@ -119,7 +125,7 @@ class SqlStore:
                 return fn(conn)
 
         try:
-            return await asyncio.to_thread(call)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except IntegrityError as exc:
             raise AlreadyExists(f"already exists: {exc.orig}") from None
         except (DBAPIError, SQLAlchemyError) as exc:
