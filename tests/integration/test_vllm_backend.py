@@ -250,6 +250,32 @@ def test_a_batch_through_the_engine_returns_one_keyed_line_per_request(
         assert response["modelVersion"] == "SmolLM2-135M-Instruct"
 
 
+def test_progress_is_reported_as_each_request_finishes(
+    tmp_path: Path, backend: Any, runner: asyncio.Runner
+) -> None:
+    """One backend call holds the whole shard; the progress bar must still move."""
+    calls: list[tuple[int, int]] = []
+
+    async def go() -> Any:
+        svc = await services(tmp_path, backend, shard_size=12, workers=1)
+        lines = [
+            {"key": f"k{i}", "request": line_request(f"Count to {i}.", maxOutputTokens=i + 1)}
+            for i in range(12)
+        ]
+        batch_id = await submit(svc, write_jsonl(tmp_path / "in.jsonl", lines))
+        batch = await drive(
+            svc, batch_id, timeout=300, on_progress=lambda r, t: calls.append((r, t))
+        )
+        await svc.close()
+        return batch
+
+    batch = runner.run(go())
+    assert batch.state is BatchState.SUCCEEDED and batch.succeeded_count == 12
+    assert sum(r for r, _ in calls) == 12
+    assert sum(t for _, t in calls) == batch.usage.candidates_tokens
+    assert [r for r, _ in calls if r] == [1] * 12  # one by one, not 12 at the end
+
+
 def test_chat_template_usage_and_finish_reasons(backend: Any, runner: asyncio.Runner) -> None:
     plain = request("What is the capital of France?", maxOutputTokens=48)
     with_system = request(

@@ -12,7 +12,8 @@ request reaches the backend, so an unsupported field is never silently ignored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,15 @@ from overnight.errors import RequestRejected
 
 GenerateOutcome = GenerateResult | RequestRejected
 EmbedOutcome = EmbedResult | RequestRejected
+
+# Set by the engine around a backend call when someone is watching progress (``overnight
+# run``'s bar). A backend whose requests finish one by one within a call (vLLM's
+# continuous batching) may call it with (requests finished, tokens generated) as they
+# do, on the caller's event loop; the engine reports whatever it did not when the call
+# returns. Backends that finish a call all at once ignore it.
+LIVE_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar(
+    "overnight_live_progress", default=None
+)
 
 # generationConfig fields every local generative backend honours.
 BASIC_GENERATION_FIELDS = frozenset(

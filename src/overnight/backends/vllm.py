@@ -61,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from overnight.backends.base import (
     BASIC_GENERATION_FIELDS,
+    LIVE_PROGRESS,
     Capabilities,
     EmbedOutcome,
     GenerateOutcome,
@@ -219,9 +220,19 @@ class VllmBackend:
             await asyncio.to_thread(self._start_blocking)
 
     async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateOutcome]:
-        """Submit every request at once; one outcome per request, in order."""
+        """Submit every request at once; one outcome per request, in order.
+
+        Each request that finishes is reported to ``LIVE_PROGRESS`` at once (on this
+        loop), so a progress bar moves while the engine works through the call.
+        """
         await self.start()
-        return await self._on_engine(self._generate(list(requests)))
+        hook, loop = LIVE_PROGRESS.get(), asyncio.get_running_loop()
+
+        def finished(tokens: int) -> None:  # called on the engine's thread
+            if hook is not None:
+                loop.call_soon_threadsafe(hook, 1, tokens)
+
+        return await self._on_engine(self._generate(list(requests), finished))
 
     async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
         if not self.capabilities.embed:
@@ -445,7 +456,9 @@ class VllmBackend:
 
     # ---- generation (on the engine's loop) --------------------------------------------
 
-    async def _generate(self, requests: list[GenerateRequest]) -> list[GenerateOutcome]:
+    async def _generate(
+        self, requests: list[GenerateRequest], finished: Callable[[int], None]
+    ) -> list[GenerateOutcome]:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         outcomes: list[GenerateOutcome | asyncio.Future[GenerateOutcome]] = []
@@ -488,10 +501,12 @@ class VllmBackend:
             except ValueError as exc:  # vLLM's own checks (VLLMValidationError …)
                 outcomes[index] = RequestRejected(f"generationConfig: {exc}")
                 continue
-            outcomes[index] = asyncio.ensure_future(self._one(prompt, params))
+            outcomes[index] = asyncio.ensure_future(self._one(prompt, params, finished))
         return await _gather(outcomes)
 
-    async def _one(self, prompt: list[int], params: Any) -> GenerateOutcome:
+    async def _one(
+        self, prompt: list[int], params: Any, finished: Callable[[int], None]
+    ) -> GenerateOutcome:
         final = None
         try:
             async for output in self._engine.generate(
@@ -513,7 +528,9 @@ class VllmBackend:
                 tokens -= 1
             reason = "MAX_TOKENS" if out.finish_reason == "length" else "STOP"
             candidates.append(Candidate(out.text, reason, tokens))
-        return GenerateResult(candidates, len(prompt), self.capabilities.model_version)
+        result = GenerateResult(candidates, len(prompt), self.capabilities.model_version)
+        finished(result.candidates_tokens)
+        return result
 
     async def _embed(self, requests: list[EmbedRequest]) -> list[EmbedOutcome]:
         from vllm.pooling_params import PoolingParams

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from overnight.backends.base import Backend, check_embed, check_generate
+from overnight.backends.base import LIVE_PROGRESS, Backend, check_embed, check_generate
 from overnight.blobs.base import BlobStore
 from overnight.domain.batches import Batch, BatchKind, Shard, ShardOutcome, Usage
 from overnight.domain.lines import LineError, RequestLine, parse_line
@@ -82,6 +82,20 @@ def _parse(lines: list[tuple[int, bytes | None]], kind: BatchKind, max_line: int
     return slots
 
 
+@dataclass
+class _LiveProgress:
+    """Passes what a backend reports during a call on, and counts it."""
+
+    on_progress: ProgressFn
+    requests: int = 0
+    tokens: int = 0
+
+    def __call__(self, requests: int, tokens: int) -> None:
+        self.requests += requests
+        self.tokens += tokens
+        self.on_progress(requests, tokens)
+
+
 async def run_shard(
     *,
     batch: Batch,
@@ -126,10 +140,15 @@ async def run_shard(
             raise ShardAbandoned()
         chunk = runnable[i : i + step]
         requests = [s.request for s in chunk]
-        if batch.kind is BatchKind.GENERATE:
-            outcomes: list[Any] = await backend.generate(requests)  # type: ignore[arg-type]
-        else:
-            outcomes = await backend.embed(requests)  # type: ignore[arg-type]
+        live = _LiveProgress(on_progress) if on_progress else None
+        watching = LIVE_PROGRESS.set(live)
+        try:
+            if batch.kind is BatchKind.GENERATE:
+                outcomes: list[Any] = await backend.generate(requests)  # type: ignore[arg-type]
+            else:
+                outcomes = await backend.embed(requests)  # type: ignore[arg-type]
+        finally:
+            LIVE_PROGRESS.reset(watching)
         if len(outcomes) != len(chunk):
             raise RuntimeError(
                 f"backend {caps.model_version} returned {len(outcomes)} results for {len(chunk)} requests"
@@ -148,7 +167,8 @@ async def run_shard(
                     f"backend {caps.model_version} returned {type(outcome).__name__}"
                 )
         if on_progress:
-            on_progress(len(chunk), tokens)
+            told = (live.requests, live.tokens) if live else (0, 0)
+            on_progress(max(0, len(chunk) - told[0]), max(0, tokens - told[1]))
 
     output_key = shard_output_key(batch.id, shard.seq, token)
     succeeded = await asyncio.to_thread(_write_output, blobs, output_key, slots)
