@@ -385,6 +385,7 @@ class VllmBackend:
             "tensor_parallel_size": opts.tensor_parallel_size,
             "seed": opts.seed,
             "disable_log_stats": True,
+            "use_tqdm_on_load": False,  # Overnight draws its own progress
             "generation_config": "vllm",  # the request's settings, not the folder's defaults
             "runner": opts.runner,
         }
