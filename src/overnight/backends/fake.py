@@ -29,7 +29,7 @@ from overnight.backends.base import (
     GenerateOutcome,
     prompt_text,
 )
-from overnight.backends.schema import STRUCTURED_MIME_TYPES, output_constraint
+from overnight.backends.schema import STRUCTURED_FIELDS, STRUCTURED_MIME_TYPES, output_constraint
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
 from overnight.errors import RequestRejected
@@ -48,7 +48,7 @@ class FakeBackend:
             model_version=model_name,
             generate=True,
             embed=True,
-            generation_fields=BASIC_GENERATION_FIELDS | {"response_schema", "response_json_schema"},
+            generation_fields=BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS,
             response_mime_types=frozenset({"text/plain"}) | STRUCTURED_MIME_TYPES,
             max_batch_size=int(options.get("max_batch_size", 64)),
             max_candidates=4,

@@ -33,8 +33,14 @@ from typing import Any
 
 import orjson
 
-from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
-from overnight.backends.schema import OutputConstraint, output_constraint
+from overnight.backends.base import (
+    BASIC_GENERATION_FIELDS,
+    Capabilities,
+    EmbedOutcome,
+    GenerateOutcome,
+    prompt_text,
+)
+from overnight.backends.schema import STRUCTURED_FIELDS, OutputConstraint, output_constraint
 from overnight.backends.traffic import estimate_tokens
 from overnight.backends.upstream import (
     UpstreamSession,
@@ -55,22 +61,8 @@ FINISH_REASONS = {
     "tool_calls": "STOP",
     "function_call": "STOP",
 }
-GENERATION_FIELDS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "candidate_count",
-        "max_output_tokens",
-        "stop_sequences",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "response_mime_type",
-        "response_schema",
-        "response_json_schema",
-        "thinking_config",
-    }
+GENERATION_FIELDS = (
+    BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS | {"presence_penalty", "frequency_penalty"}
 )
 OPTIONS = frozenset({"embed_batch_size", "send_top_k", "extra_body"})
 

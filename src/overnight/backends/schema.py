@@ -31,6 +31,8 @@ from overnight.errors import RequestRejected
 JSON_MIME = "application/json"
 ENUM_MIME = "text/x.enum"
 STRUCTURED_MIME_TYPES = frozenset({JSON_MIME, ENUM_MIME})
+# The generationConfig fields that carry a schema (a backend that enforces schemas honours both).
+STRUCTURED_FIELDS = frozenset({"response_schema", "response_json_schema"})
 
 _GEMINI_TYPES = {
     "STRING": "string",

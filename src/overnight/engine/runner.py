@@ -95,6 +95,10 @@ class _LiveProgress:
         self.tokens += tokens
         self.on_progress(requests, tokens)
 
+    def settle(self, requests: int, tokens: int) -> None:
+        """The call returned with these totals: report what the backend did not."""
+        self.on_progress(max(0, requests - self.requests), max(0, tokens - self.tokens))
+
 
 async def run_shard(
     *,
@@ -166,9 +170,8 @@ async def run_shard(
                 raise RuntimeError(
                     f"backend {caps.model_version} returned {type(outcome).__name__}"
                 )
-        if on_progress:
-            told = (live.requests, live.tokens) if live else (0, 0)
-            on_progress(max(0, len(chunk) - told[0]), max(0, tokens - told[1]))
+        if live:
+            live.settle(len(chunk), tokens)
 
     output_key = shard_output_key(batch.id, shard.seq, token)
     succeeded = await asyncio.to_thread(_write_output, blobs, output_key, slots)
