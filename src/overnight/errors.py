@@ -89,6 +89,23 @@ class BlobError(OvernightError):
     grpc_code = 13
 
 
+class BlobNotFound(BlobError):
+    """A blob that should exist does not (deleted behind Overnight's back, or never
+    written). It concerns the one batch or file that names it, not the service."""
+
+
+class StorageFull(OvernightError):
+    """The disk (or object store quota) under the blobs or the database is full.
+
+    Infrastructure, not the caller's fault: the request may be retried once space is
+    freed, and deleting files frees it.
+    """
+
+    status = "RESOURCE_EXHAUSTED"
+    http_code = 507
+    grpc_code = 8
+
+
 # ---- backend errors: the engine decides what to do from the type alone ----
 
 

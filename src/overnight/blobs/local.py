@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from overnight.errors import BlobError
+from overnight.errors import BlobError, BlobNotFound
 
 TMP_MARK = ".tmp-"
 
@@ -77,7 +77,7 @@ class LocalBlobStore:
         try:
             return open(self.path(key), "rb")
         except FileNotFoundError:
-            raise BlobError(f"blob {key} is missing from {self.root}") from None
+            raise BlobNotFound(f"blob {key} is missing from {self.root}") from None
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         with self.open_read(key) as f:
@@ -91,7 +91,7 @@ class LocalBlobStore:
         try:
             return self.path(key).stat().st_size
         except FileNotFoundError:
-            raise BlobError(f"blob {key} is missing from {self.root}") from None
+            raise BlobNotFound(f"blob {key} is missing from {self.root}") from None
 
     def delete(self, key: str) -> None:
         target = self.path(key.rstrip("/"))
