@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from overnight.app import Services
 from overnight.domain.batches import Batch
@@ -65,3 +70,30 @@ async def output_lines(svc: Services, batch: Batch) -> list[dict[str, Any]]:
 
 def new_worker(svc: Services, batch_id: str, **kwargs: Any) -> Worker:
     return svc.worker(WorkerScope(batch_id=batch_id), **kwargs)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"20m"``) mounted at ``path``: a small disk that really fills.
+
+    Skips the test, saying why, where mounting is not permitted (not root, no
+    CAP_SYS_ADMIN, no ``mount`` command).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("a full-disk test mounts a small tmpfs, which needs root")
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except FileNotFoundError:
+        pytest.skip("a full-disk test mounts a small tmpfs, and there is no mount command")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs at {path} here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)

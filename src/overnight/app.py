@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from overnight.blobs.local import LocalBlobStore
+from overnight.blobs.space import RESERVE_NAME, SpaceReserve
 from overnight.catalog import ModelCatalog
 from overnight.config import Settings
 from overnight.engine.pool import BackendPool
@@ -53,7 +55,13 @@ async def build_services(settings: Settings) -> Services:
     store = await SqlStore.open(settings.resolved_database_url)
     blobs = LocalBlobStore(settings.resolved_blob_dir)
     pool = BackendPool(catalog, settings.resolved_model_cache_dir)
-    files = FileService(store, blobs, retention_s=settings.server.file_retention_hours * 3600)
+    # SQLite writes even to delete: keep room for that on its disk.
+    reserve = SpaceReserve(store.sqlite_dir / RESERVE_NAME) if store.sqlite_dir else None
+    if reserve is not None:
+        await asyncio.to_thread(reserve.keep)
+    files = FileService(
+        store, blobs, retention_s=settings.server.file_retention_hours * 3600, reserve=reserve
+    )
     batches = BatchService(
         store, blobs, catalog, files, expiry_s=settings.engine.batch_expiry_hours * 3600
     )

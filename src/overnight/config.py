@@ -10,6 +10,7 @@ is documented in ``docs/configuration.md``, which a test keeps in step with this
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -51,8 +52,26 @@ class EngineSettings(_Section):
     max_shard_attempts: int = Field(
         3,
         ge=1,
-        description="After this many attempts at a shard whose backend keeps failing (not a "
-        "transient error), its requests get error lines instead of being retried again.",
+        description="After this many failed attempts at a shard whose backend keeps failing (not a "
+        "transient error), its requests get error lines instead of being retried again. "
+        "Leases lost to crashes or shutdowns do not count.",
+    )
+    backoff_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="First wait before a worker retries after the database, the disk or a "
+        "backend failed; it doubles with each further failure.",
+    )
+    backoff_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait between a worker's retries while a failure lasts.",
+    )
+    stall_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A database call waiting longer than this (locked or unreachable "
+        "database) makes /healthz report the workers as degraded.",
     )
     poll_seconds: float = Field(
         0.5, gt=0, description="How long an idle worker sleeps before looking for work again."
@@ -87,6 +106,25 @@ class ServerSettings(_Section):
         ge=1,
         description="Largest batch-create request body with inline requests (Gemini: 20 MB).",
     )
+    max_request_bytes: int = Field(
+        32 * 1024**2,
+        ge=1024,
+        description="Largest body of any request but an upload chunk (those are bounded by "
+        "server.max_upload_bytes); larger ones get 413. Room for a 20 MB inline batch plus "
+        "JSON overhead.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names clients may send in the Host header, besides localhost, "
+        "127.0.0.1, [::1], the bind address and server.public_url's host; `.example.com` also "
+        "allows its subdomains, `*` allows any. Others get 403: this stops DNS rebinding.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDRs of reverse proxies whose X-Forwarded-Proto, "
+        "X-Forwarded-Host and X-Forwarded-For are believed; from anyone else those headers "
+        'are ignored. Example: ["127.0.0.1", "10.0.0.0/8"].',
+    )
     file_retention_hours: float = Field(
         48.0, gt=0, description="Uploaded files are deleted this long after upload (Gemini: 48 h)."
     )
@@ -97,6 +135,26 @@ class ServerSettings(_Section):
         True,
         description="`overnight serve` also runs workers; turn off to run `overnight worker` apart.",
     )
+
+    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """An environment variable gives one string: split it at commas."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"server.trusted_proxies: {entry!r} is not an IP address or CIDR"
+                ) from None
+        return value
 
 
 class ModelSettings(_Section):

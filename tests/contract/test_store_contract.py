@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -17,8 +18,10 @@ from overnight.domain.batches import (
     Usage,
 )
 from overnight.domain.files import File, FileSource, FileState
-from overnight.errors import AlreadyExists, NotFound
+from overnight.domain.uploads import Upload
+from overnight.errors import AlreadyExists, FailedPrecondition, NotFound
 from overnight.store.migrations import MIGRATIONS
+from overnight.store.rows import file_values, upload_values
 from overnight.store.sql import SqlStore
 
 
@@ -174,7 +177,10 @@ def test_shard_lease_commit_exactly_once(store: SqlStore) -> None:
         assert await store.lease_shard("w3", "tc", now=now, lease_until=now + 60) is None
         out = ShardOutcome("o", 1, 0, Usage(5, 7))
         assert await store.commit_shard("b1", a.seq, "ta", out, now=now)
-        assert not await store.commit_shard("b1", a.seq, "ta", out, now=now)  # twice: refused
+        # A retry of a commit whose reply was lost: True, and nothing is added twice.
+        assert await store.commit_shard("b1", a.seq, "ta", out, now=now)
+        other = ShardOutcome("o2", 1, 0, Usage(5, 7))
+        assert not await store.commit_shard("b1", a.seq, "ta", other, now=now)  # refused
         assert not await store.commit_shard("b1", b.seq, "wrong-token", out, now=now)
         batch = await store.get_batch("b1")
         assert (batch.succeeded_count, batch.usage) == (1, Usage(5, 7))
@@ -190,12 +196,29 @@ def test_expired_lease_is_taken_over_and_stale_commit_refused(store: SqlStore) -
         assert old is not None
         assert not await store.renew_shard("b1", 0, "nope", now + 60)
         new = await store.lease_shard("w2", "new", now=now + 5, lease_until=now + 65)
-        assert new is not None and new.attempts == 2
+        assert new is not None and new.attempts == 0  # a lost lease is no failed attempt
         assert not await store.renew_shard("b1", 0, "old", now + 70)  # lost
         out = ShardOutcome("o", 1, 0, Usage())
         assert not await store.commit_shard("b1", 0, "old", out, now=now)
         assert await store.commit_shard("b1", 0, "new", out, now=now)
         assert (await store.get_batch("b1")).succeeded_count == 1
+
+    asyncio.run(go())
+
+
+def test_only_failed_attempts_are_counted(store: SqlStore) -> None:
+    async def go() -> None:
+        await admitted(store, "b1", 1)
+        now = time.time()
+        for token in ("t1", "t2"):
+            assert await store.lease_shard("w1", token, now=now, lease_until=now + 60)
+            assert await store.count_failed_attempt("b1", 0, token) == int(token[1])
+            assert await store.release_shard("b1", 0, token)
+        assert await store.count_failed_attempt("b1", 0, "t2") is None  # not leased
+        assert await store.lease_shard("w1", "t3", now=now, lease_until=now + 60)
+        await store.release_owner("w1")  # a crash: not counted
+        (shard,) = await store.list_shards("b1")
+        assert shard.attempts == 2
 
     asyncio.run(go())
 
@@ -354,5 +377,152 @@ def test_no_shard_commits_after_finalize_and_finalize_checks_what_it_built(store
         assert not await store.commit_shard("b1", slow.seq, "tb", outcome, now=later)
         batch = await store.get_batch("b1")
         assert batch.finalized and batch.succeeded_count == 1
+
+    asyncio.run(go())
+
+
+# ------------------------------------------------- files: names, inputs, uploads
+
+
+def make_upload(upload_id: str, file_id: str, tenant: str = "t1") -> Upload:
+    return Upload(
+        id=upload_id,
+        tenant=tenant,
+        file_id=file_id,
+        display_name="",
+        mime_type="jsonl",
+        size_bytes=3,
+        received=0,
+        expire_time=time.time() + 600,
+    )
+
+
+def test_file_names_are_per_tenant(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_file(make_file("report", "t1"))
+        await store.create_file(make_file("report", "t2"))  # another tenant's, not a clash
+        with pytest.raises(AlreadyExists):
+            await store.create_file(make_file("report", "t1"))
+        await store.delete_file("report", "t2")
+        assert (await store.get_file("report", "t1")).tenant == "t1"
+        with pytest.raises(NotFound):
+            await store.get_file("report", "t2")
+
+    asyncio.run(go())
+
+
+def test_the_input_of_an_unfinished_batch_cannot_be_deleted(store: SqlStore) -> None:
+    async def go() -> None:
+        await store.create_file(make_file("in", "t1"))
+        await store.create_file(make_file("in", "t2"))
+        batch = replace(make_batch("b1"), input_file_id="in")
+        await store.create_batch(batch, "files/in")
+        with pytest.raises(FailedPrecondition) as refused:
+            await store.delete_file("in", "t1")
+        assert refused.value.message == (
+            "files/in is the input of batches/b1, which is PENDING; cancel it or wait for "
+            "it to finish, then delete the file"
+        )
+        await store.delete_file("in", "t2")  # another tenant's file of the same name
+        now = time.time()
+        await store.transition("b1", BatchState.CANCELLED, now=now)
+        with pytest.raises(FailedPrecondition, match="CANCELLED and still finishing"):
+            await store.delete_file("in", "t1")
+        assert await store.claim_batch_work("w", now=now, lease_until=now + 60)
+        assert await store.finalize("b1", "w", now=now, output=None, target=None)
+        await store.delete_file("in", "t1")
+        # and a batch cannot be created over a file that is gone
+        with pytest.raises(NotFound, match="files/in"):
+            await store.create_batch(replace(make_batch("b2"), input_file_id="in"), "files/in")
+
+    asyncio.run(go())
+
+
+def test_sweep_keeps_only_the_input_tenants_file(store: SqlStore) -> None:
+    async def go() -> None:
+        old = time.time() - 10
+        for tenant in ("t1", "t2"):
+            await store.create_file(replace(make_file("in", tenant), expire_time=old))
+        await store.create_batch(replace(make_batch("b1"), input_file_id="in"), "files/in")
+        swept = await store.take_expired_files(time.time())
+        assert [(f.tenant, f.id) for f in swept] == [("t2", "in")]
+        assert (await store.get_file("in", "t1")).tenant == "t1"
+
+    asyncio.run(go())
+
+
+def test_one_open_upload_per_name_and_finalize_relies_on_the_file_key(store: SqlStore) -> None:
+    async def go() -> None:
+        results = await asyncio.gather(
+            *(store.create_upload(make_upload(f"u{i}", "report")) for i in range(4)),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 3, results
+        assert all(isinstance(e, AlreadyExists) for e in errors)
+        assert all("files/report already exists" in e.message for e in errors)  # type: ignore[attr-defined]
+        await store.create_upload(make_upload("u9", "report", tenant="t2"))
+        # the name is taken by a file recorded meanwhile: finalize refuses, changes nothing
+        won = next(f"u{i}" for i, r in enumerate(results) if r is None)
+        await store.create_file(make_file("report", "t1"))
+        with pytest.raises(AlreadyExists, match="files/report already exists"):
+            await store.finish_upload(won, make_file("report", "t1"))
+        assert (await store.get_upload(won, now=time.time())).file_id == "report"
+
+    asyncio.run(go())
+
+
+def test_migration_3_keeps_files_and_keys_them_per_tenant(database_url: str) -> None:
+    """A database at version 2 (files keyed by id alone) upgrades with its rows intact."""
+    from sqlalchemy import BigInteger, Column, Float, MetaData, String, Table, Text, insert
+
+    from overnight.store import tables
+    from overnight.store.connect import create_sql_engine, normalize_url
+    from overnight.store.migrations import m0002_api
+
+    engine = create_sql_engine(normalize_url(database_url))
+    with engine.begin() as conn:
+        v1 = MetaData()
+        Table(
+            "files",
+            v1,
+            Column("id", String(64), primary_key=True),
+            Column("tenant", String(128), nullable=False, index=True),
+            *(Column(n, Text, nullable=False) for n in ("display_name", "mime_type")),
+            Column("size_bytes", BigInteger, nullable=False),
+            *(Column(n, Text, nullable=False) for n in ("sha256", "blob_key", "source", "state")),
+            *(Column(n, Float, nullable=False) for n in ("create_time", "update_time")),
+            Column("expire_time", Float, nullable=True),
+        )
+        v1.create_all(conn)
+        tables.batches.create(conn)
+        tables.shards.create(conn)
+        m0002_api.upgrade(conn)
+        tables.schema_migrations.create(conn)
+        for version in (1, 2):
+            conn.execute(
+                insert(tables.schema_migrations).values(version=version, name="", applied_at=0)
+            )
+        conn.execute(insert(tables.files).values(**file_values(make_file("old", "t1"))))
+        for i in range(2):  # two sessions for one name: what the race could leave
+            upload = make_upload(f"u{i}", "dup")
+            conn.execute(insert(tables.uploads).values(**upload_values(upload)))
+    engine.dispose()
+
+    async def go() -> None:
+        store = await SqlStore.open(database_url)
+        try:
+            assert await store.schema_version() == MIGRATIONS[-1][0]
+            assert (await store.get_file("old", "t1")).blob_key == "files/old"
+            await store.create_file(make_file("old", "t2"))
+            with pytest.raises(AlreadyExists):
+                await store.create_file(make_file("old", "t1"))
+            assert (await store.get_upload("u0", now=time.time())).file_id == "dup"
+            with pytest.raises(NotFound):
+                await store.get_upload("u1", now=time.time())
+            with pytest.raises(AlreadyExists):
+                await store.create_upload(make_upload("u2", "dup"))
+        finally:
+            await store.close()
 
     asyncio.run(go())

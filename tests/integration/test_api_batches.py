@@ -50,7 +50,11 @@ async def serving(
     task = asyncio.create_task(services.worker().run(stop)) if worker else None
     transport = httpx.ASGITransport(app=create_app(services))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        # JSON content type on every request, as the SDK sends (the server requires it)
+        json_type = {"content-type": "application/json"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=json_type
+        ) as client:
             yield client, services
     finally:
         stop.set()

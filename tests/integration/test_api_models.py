@@ -119,7 +119,10 @@ def test_generate_errors(tmp_path: Path) -> None:
         assert "contents" in error(await client.post(url, json={}), 400)
         bad = {**request("x"), "bogus": 1}
         assert "bogus" in error(await client.post(url, json=bad), 400)
-        assert "invalid JSON" in error(await client.post(url, content=b"{nope"), 400)
+        nope = await client.post(
+            url, content=b"{nope", headers={"content-type": "application/json"}
+        )
+        assert "invalid JSON" in error(nope, 400)
         unsupported = request("x", presencePenalty=0.5)
         assert "presencePenalty" in error(await client.post(url, json=unsupported), 400)
         assert "known models" in error(

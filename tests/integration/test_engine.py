@@ -243,7 +243,7 @@ def test_expired_lease_is_recovered_and_counted_once(tmp_path: Path, database_ur
         assert sorted(line["key"] for line in lines) == sorted(f"k{i}" for i in range(20))
         assert batch.succeeded_count == 20
         shard = next(s for s in await svc.store.list_shards(created.id) if s.seq == stolen.seq)
-        assert shard.attempts == 2
+        assert shard.attempts == 0  # a lease lost to a crash is not a failed attempt
         await svc.close()
 
     asyncio.run(go())
@@ -456,7 +456,8 @@ def test_heartbeats_keep_a_slow_shard_from_being_taken(tmp_path: Path, database_
         # Each call outlasts the lease 2.5 times over; only heartbeats keep it.
         batch = await drive(svc, (await submit(svc, src, model="slow")).id, workers=3)
         assert batch.state is BatchState.SUCCEEDED and batch.succeeded_count == 4
-        assert [s.attempts for s in await svc.store.list_shards(batch.id)] == [1, 1]
+        # Each shard's one micro-batch ran once: no lease was lost and taken over.
+        assert (await svc.pool.get("slow")).calls == 2  # type: ignore[attr-defined]
         await svc.close()
 
     asyncio.run(go())

@@ -6,9 +6,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from tests.helpers import mounted_tmpfs
 
 from overnight.blobs.local import TMP_MARK, LocalBlobStore
-from overnight.errors import BlobError
+from overnight.blobs.space import SpaceReserve
+from overnight.errors import BlobError, StorageFull
 
 
 def files_under(root: Path) -> list[Path]:
@@ -156,3 +158,46 @@ def test_unusable_root_is_a_blob_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(BlobError, match="cannot create blob directory"):
         LocalBlobStore(blocker / "blobs")
+
+
+# ----------------------------------------------------------------- full disk
+
+
+def test_a_full_disk_is_storage_full_and_leaves_no_partial_blob(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = LocalBlobStore(disk / "blobs")
+        writer = store.open_write("files/big")
+        with pytest.raises(StorageFull) as full:
+            for _ in range(64):
+                writer.write(b"x" * 65536)
+            writer.commit()
+        assert str(disk / "blobs") in full.value.message
+        assert "delete files or batches" in full.value.message
+        assert full.value.http_code == 507 and full.value.status == "RESOURCE_EXHAUSTED"
+        assert files_under(disk) == []
+        put(store, "files/small", b"fits")  # the space is usable again at once
+        assert read(store, "files/small") == b"fits"
+
+
+def test_the_space_reserve_is_released_and_kept_again(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        reserve = SpaceReserve(disk / "space.reserve", size=256 * 1024)
+        assert reserve.keep() and reserve.held
+        assert (disk / "space.reserve").stat().st_blocks * 512 >= 256 * 1024  # not sparse
+        filler = disk / "filler"
+        fill(filler)
+        assert reserve.release() and not reserve.held
+        assert not reserve.release()
+        fill(filler)  # someone else takes the space the reserve gave up
+        assert not reserve.keep()  # no room: no reserve, and no partial one left behind
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+        filler.write_bytes(b"")
+        assert reserve.keep() and reserve.held  # room again: the reserve is back
+
+
+def fill(path: Path) -> None:
+    """Append to ``path`` until the disk is full."""
+    with path.open("ab") as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from overnight.app import Services
 from overnight.errors import NotFound
@@ -23,7 +23,15 @@ async def get_tenant(request: Request) -> str:
     return tenant
 
 
-def check_version(version: str) -> str:
+def check_version(
+    version: Annotated[
+        str,
+        Path(
+            description="API version: v1 (SDK 3.x), v1beta (older SDKs, the docs) or v1alpha",
+            json_schema_extra={"enum": sorted(API_VERSIONS)},
+        ),
+    ],
+) -> str:
     """The ``{version}`` path segment: v1, v1beta or v1alpha."""
     if version not in API_VERSIONS:
         raise NotFound(f"unknown API version {version!r}; use v1 or v1beta")
@@ -31,14 +39,21 @@ def check_version(version: str) -> str:
 
 
 def public_base(request: Request) -> str:
-    """The base URL clients reach us at (for upload and download URLs), no trailing slash."""
+    """The base URL clients reach us at (for upload and download URLs), no trailing slash.
+
+    ``server.public_url`` if set, else the request's scheme and Host. Forwarded headers
+    are never read here: ``guard.Guard`` has already applied those of a trusted proxy
+    and checked the Host against ``server.allowed_hosts``.
+    """
     configured = request.app.state.services.settings.server.public_url
     if configured:
         return str(configured).rstrip("/")
-    proto = request.headers.get("x-forwarded-proto") or request.url.scheme
-    host = request.headers.get("x-forwarded-host") or request.headers.get("host")
+    proto = request.url.scheme
+    host = request.headers.get("host")
     if not host:
-        host = f"{request.url.hostname}:{request.url.port}"
+        address, port = request.scope.get("server") or ("127.0.0.1", None)
+        address = f"[{address}]" if ":" in str(address) else str(address)
+        host = address if port is None else f"{address}:{port}"
     prefix = request.scope.get("root_path", "")
     return f"{proto}://{host}{prefix}".rstrip("/")
 

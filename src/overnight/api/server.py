@@ -9,16 +9,24 @@ v1beta), plus the upload (``/upload/{v}/files``) and download
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from overnight import __version__
 from overnight.api.auth import Authenticator
 from overnight.api.errors import install_error_handlers
 from overnight.api.gemini import batches, files, models, upload
+from overnight.api.guard import Guard
+from overnight.api.limits import BodyLimit
+from overnight.api.openapi import install_openapi
 from overnight.app import Services
 
 
-def create_app(services: Services) -> FastAPI:
-    """Build the app over already-built services (see ``app.build_services``)."""
+def create_app(services: Services, *, bind_host: str | None = None) -> FastAPI:
+    """Build the app over already-built services (see ``app.build_services``).
+
+    ``bind_host`` is the address ``overnight serve`` listens on (default
+    ``server.host``); it is one of the Host names the app answers to (``guard.py``).
+    """
     app = FastAPI(
         title="Overnight",
         version=__version__,
@@ -29,9 +37,17 @@ def create_app(services: Services) -> FastAPI:
     install_error_handlers(app)
     for module in (upload, files, batches, models):
         app.include_router(module.router)
+    install_openapi(app)
+    # The last added runs first: refuse foreign requests before reading any body.
+    app.add_middleware(BodyLimit, settings=services.settings.server)
+    app.add_middleware(Guard, settings=services.settings.server, bind_host=bind_host)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    async def healthz() -> JSONResponse:
+        """200 ``ok`` while work moves (or there is none); 503 ``degraded`` with the
+        reason while the workers cannot make progress (``engine/health.py``)."""
+        report = getattr(app.state, "health", None)  # set by `serve` with workers
+        body = {"status": "ok", **(report() if report is not None else {}), "version": __version__}
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     return app

@@ -4,10 +4,14 @@ Atomicity: a writer writes ``<key>.tmp-<random>`` beside its target, fsyncs it a
 renames it over the key, so a crash leaves either the old blob or the new one, never
 a torn file. A crashed writer can leave its temporary behind; it is never read, and
 shard temporaries go when their batch's ``batches/<id>/`` prefix is deleted.
+
+A full disk (ENOSPC) raises ``StorageFull`` and removes the temporary, so a failed
+write never leaves a partial file taking the space that is short.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -15,37 +19,56 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+from overnight.blobs.space import is_no_space, storage_full
 from overnight.errors import BlobError, BlobNotFound
 
 TMP_MARK = ".tmp-"
 
 
 class LocalBlobWriter:
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, root: Path | None = None) -> None:
         self._target = target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._root = root or target.parent
         self._tmp = target.with_name(f"{target.name}{TMP_MARK}{secrets.token_hex(6)}")
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise self._failed(exc) from None
         self._hash = hashlib.sha256()
         self._size = 0
 
     def write(self, data: bytes) -> int:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise self._failed(exc) from None
         self._hash.update(data)
         self._size += len(data)
         return len(data)
 
     def commit(self) -> tuple[int, str]:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self._target)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._target)
+        except OSError as exc:
+            self.abort()
+            raise self._failed(exc) from None
         return self._size, self._hash.hexdigest()
 
     def abort(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # an unflushable buffered tail: dropped anyway
+                self._file.close()
         self._tmp.unlink(missing_ok=True)
+
+    def _failed(self, exc: OSError) -> Exception:
+        # Only a full disk is translated here; other I/O errors keep their type.
+        return storage_full(self._root) if is_no_space(exc) else exc
 
     def __enter__(self) -> LocalBlobWriter:
         return self
@@ -71,7 +94,7 @@ class LocalBlobStore:
         return self.root / key
 
     def open_write(self, key: str) -> LocalBlobWriter:
-        return LocalBlobWriter(self.path(key))
+        return LocalBlobWriter(self.path(key), self.root)
 
     def open_read(self, key: str) -> BinaryIO:
         try:

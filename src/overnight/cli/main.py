@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from overnight import __version__
@@ -56,7 +57,8 @@ def _settings(config: Path | None, data_dir: Path | None) -> Settings:
 
 
 def _fail(exc: OvernightError, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    # escape: messages quote things like pip install -e '.[vllm]', which is markup to rich
+    console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -154,8 +156,25 @@ def serve(
 
 
 @app.command()
-def worker(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Run workers only, against the configured store (scale out next to `serve`)."""
+def worker(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve GET /healthz on this port (200 ok, 503 degraded) for "
+            "Kubernetes probes. Default: off."
+        ),
+    ] = None,
+    health_host: Annotated[
+        str, typer.Option(help="Address for --health-port (it answers only /healthz).")
+    ] = "0.0.0.0",
+) -> None:
+    """Run workers only, against the configured store (scale out next to `serve`).
+
+    A database or disk outage while running is waited out, not fatal: the worker
+    exits non-zero only if it cannot start (bad settings, no database at start-up).
+    """
     from overnight.app import build_services
     from overnight.cli.serve import work
 
@@ -164,7 +183,7 @@ def worker(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     async def main() -> None:
         services = await build_services(_settings(config, data_dir))
         try:
-            await work(services, console)
+            await work(services, console, health_host=health_host, health_port=health_port)
         finally:
             await services.close()
 

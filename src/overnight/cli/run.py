@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 from overnight.app import Services
 from overnight.cli.progress import RunProgress
@@ -146,7 +147,7 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
         raise FailedPrecondition(
             f"batch {batch.id} ended {batch.state.value} without results: {batch.error or 'no reason recorded'}"
         )
-    output = await svc.files.get(None, batch.output_file_id)
+    output = await svc.files.get(batch.tenant, batch.output_file_id)
     await svc.files.copy_to(output, req.output)
     if batch.state is not BatchState.SUCCEEDED:
         raise FailedPrecondition(
@@ -222,7 +223,7 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         f"{summary.generated_tokens / work:.1f} output tok/s)"
     )
     for message in first_errors(summary.output):
-        console.print(f"  [red]error[/] {message}")
+        console.print(f"  [red]error[/] {escape(message)}")
     console.print(f"Results: {summary.output}")
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+import signal
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -27,8 +30,18 @@ SWEEP_SECONDS = 60.0
 
 
 def check_bind(services: Services, host: str) -> None:
-    """Refuse a non-loopback bind without API keys unless explicitly allowed."""
-    if is_loopback(host) or services.settings.server.allow_unauthenticated:
+    """Refuse a non-loopback bind without API keys unless explicitly allowed, and then
+    say loudly (on stderr and in the log) that anyone who reaches the port is trusted."""
+    if is_loopback(host):
+        return
+    if services.settings.server.allow_unauthenticated:
+        warning = (
+            f"serving on {host} without API keys (server.allow_unauthenticated): anyone who "
+            "can reach this port can read, run, cancel and delete every batch and file. "
+            "Create a key with `overnight keys create NAME` to require one."
+        )
+        log.warning(warning)
+        Console(stderr=True).print(f"[bold red]WARNING:[/] {warning}", highlight=False)
         return
     raise ConfigError(
         f"refusing to serve on {host} without API keys: anyone who can reach it could read "
@@ -45,15 +58,21 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
 
     if not is_loopback(host) and await services.store.count_api_keys() == 0:
         check_bind(services, host)
-    app = create_app(services)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    app = create_app(services, bind_host=host)
+    # Forwarded headers are believed only from server.trusted_proxies (api/guard.py).
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     worker_task = None
     app.state.uploads = upload_service_for(services)
     sweep_task = asyncio.create_task(sweep_expired(services, app.state.uploads, stop))
     if services.settings.server.embedded_workers:
-        worker_task = asyncio.create_task(services.worker().run(stop))
+        worker = services.worker()
+        app.state.health = worker.health.report
+        worker_task = asyncio.create_task(worker.run(stop))
+        worker_task.add_done_callback(_log_worker_end)
     console.print(f"Overnight serving on http://{host}:{port} (Ctrl-C to stop)")
     try:
         await server.serve()
@@ -64,6 +83,12 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
         if worker_task is not None:
             with contextlib.suppress(Exception):
                 await worker_task
+
+
+def _log_worker_end(task: asyncio.Task[None]) -> None:
+    """Workers contain their errors; if the whole task dies anyway, say so at once."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the embedded workers stopped", exc_info=task.exception())
 
 
 async def sweep_expired(services: Services, uploads: UploadService, stop: asyncio.Event) -> None:
@@ -81,10 +106,65 @@ async def sweep_expired(services: Services, uploads: UploadService, stop: asynci
             await asyncio.wait_for(stop.wait(), SWEEP_SECONDS)
 
 
-async def work(services: Services, console: Console) -> None:
+async def work(
+    services: Services,
+    console: Console,
+    *,
+    health_host: str = "0.0.0.0",
+    health_port: int | None = None,
+) -> None:
+    """Run workers until Ctrl-C/SIGTERM. Errors while running never end it (see
+    ``Worker.run``); with ``health_port``, GET /healthz reports whether work moves."""
     stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # drain
+    worker = services.worker()
+    health_task = None
+    if health_port is not None:
+        listener = _listen(health_host, health_port)
+        health_task = asyncio.create_task(serve_health(worker.health.report, listener))
     console.print("Overnight worker running (Ctrl-C to stop)")
     try:
-        await services.worker().run(stop)
+        await worker.run(stop)
     finally:
         stop.set()
+        if health_task is not None:
+            health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health_task
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket for the health endpoint; a port in use is a ConfigError."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve health checks on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def serve_health(report: Callable[[], dict[str, Any]], listener: socket.socket) -> None:
+    """Serve ``report()`` at GET /healthz: 200 when ok, 503 when degraded (probes)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from overnight import __version__
+
+    async def healthz(_: Request) -> JSONResponse:
+        body = {**report(), "version": __version__}
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    class HealthServer(uvicorn.Server):
+        def capture_signals(self) -> contextlib.nullcontext[None]:  # type: ignore[override]
+            return contextlib.nullcontext()  # signals stop the worker, not just this
+
+    app = Starlette(routes=[Route("/healthz", healthz)])
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    await HealthServer(config).serve(sockets=[listener])

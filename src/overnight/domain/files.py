@@ -1,9 +1,40 @@
-"""File records: uploaded inputs and generated outputs."""
+"""File records: uploaded inputs and generated outputs.
+
+File ids are per tenant: two tenants may each have a ``files/report``, as two Google
+projects may. Generated files (a batch's responses) are named ``files/batch<batch id>``,
+and requested names cannot take that form, so a user's file can never stand where a
+batch's results will be written.
+"""
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+
+GENERATED_PREFIX = "batch"
+# A requested id: lowercase letters, digits and '-' (spec §3.6).
+_REQUESTED_ID = re.compile(r"[a-z0-9-]{1,40}")
+# The generated form: "batch" and then only letters and digits (batch ids have no '-').
+_GENERATED_ID = re.compile(rf"{GENERATED_PREFIX}[a-z0-9]*")
+
+
+def responses_file_id(batch_id: str) -> str:
+    """The id of a batch's responses file (``files/batch<batch id>``, as Gemini names them)."""
+    return f"{GENERATED_PREFIX}{batch_id}"
+
+
+def requested_name_problem(file_id: str) -> str | None:
+    """Why ``file_id`` cannot be a requested file name, or None when it can."""
+    if not _REQUESTED_ID.fullmatch(file_id):
+        return "use files/ID where ID is 1-40 lowercase letters, digits or '-'"
+    if _GENERATED_ID.fullmatch(file_id):
+        return (
+            f"names that start with '{GENERATED_PREFIX}' and hold no '-' are reserved for "
+            f"batch responses files (files/{GENERATED_PREFIX}<batch id>); choose another, "
+            f"e.g. files/{GENERATED_PREFIX}-{file_id[len(GENERATED_PREFIX) :] or 'input'}"
+        )
+    return None
 
 
 class FileSource(enum.StrEnum):

@@ -79,7 +79,12 @@ def parse_request(
 
 
 def parse_line(raw: bytes, line_no: int, kind: BatchKind) -> RequestLine:
-    """Parse one non-blank input line. Raises ``LineError``."""
+    """Parse one non-blank input line. Raises ``LineError``.
+
+    A UTF-8 byte order mark before the first line is ignored (admission skips it too).
+    """
+    if line_no == 1:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

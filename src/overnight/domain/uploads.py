@@ -27,3 +27,9 @@ class Upload:
     @property
     def staging_key(self) -> str:
         return f"uploads/{self.id}.part"
+
+    @property
+    def blob_key(self) -> str:
+        """Where finalize puts the bytes: a key of this session's own, so that no two
+        uploads (even of one name, racing) ever write, or remove, the same blob."""
+        return f"files/{self.tenant}/{self.file_id}.{self.id[:16]}"

@@ -9,6 +9,9 @@ malformed line becomes that line's error result.
 
 Memory is bounded: lines are read with a length cap, so even a multi-gigabyte line
 is consumed in pieces, and it becomes an error line.
+
+A UTF-8 byte order mark at the start of the input (editors on Windows write one) is
+skipped: the first shard starts after it, so no worker ever reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from overnight.domain.batches import BatchKind, ShardSpec
 from overnight.domain.lines import LineError, parse_line
 
 READ_CHUNK = 1 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ def iter_lines(
 def cut_shards(f: BinaryIO, kind: BatchKind, *, shard_size: int, shard_max_bytes: int) -> Admission:
     """Read ``f`` once from its current position and cut it into shards."""
     shards: list[ShardSpec] = []
+    if f.tell() == 0 and f.read(len(UTF8_BOM)) != UTF8_BOM:
+        f.seek(0)
     start = f.tell()
     start_line = 1
     count = 0

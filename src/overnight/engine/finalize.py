@@ -13,7 +13,7 @@ import time
 
 from overnight.blobs.base import BlobStore
 from overnight.domain.batches import Batch, BatchState, ShardState
-from overnight.domain.files import File, FileSource, FileState
+from overnight.domain.files import File, FileSource, FileState, responses_file_id
 from overnight.store.sql import SqlStore
 
 COPY_CHUNK = 1 << 20
@@ -24,7 +24,8 @@ def responses_key(batch_id: str) -> str:
 
 
 def output_file_id(batch_id: str) -> str:
-    return f"batch{batch_id}"
+    """A name requested uploads cannot take (see ``domain.files``)."""
+    return responses_file_id(batch_id)
 
 
 def _concatenate(blobs: BlobStore, target: str, sources: list[str]) -> tuple[int, str]:

@@ -12,9 +12,10 @@ the lease, so a stale worker can never overwrite the output a commit recorded.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -25,8 +26,9 @@ from overnight.domain.lines import LineError, RequestLine, parse_line
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import EmbedResult, GenerateResult
 from overnight.engine.admission import iter_lines
-from overnight.errors import OvernightError, RequestRejected
+from overnight.errors import BlobError, OvernightError, RequestRejected, StorageFull
 
+T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated)
 
 
@@ -114,10 +116,11 @@ async def run_shard(
 ) -> ShardOutcome:
     """Execute a leased shard and publish its output blob. Raises ``ShardAbandoned``.
 
-    Backend-wide failures (``RetryableError``, ``BackendUnavailable``) propagate: the
-    caller releases the shard so it is retried later rather than failed.
+    Every other error propagates, and the worker sorts it: a blob I/O failure
+    arrives as ``BlobError``/``StorageFull`` (waited out), a transient backend error
+    releases the shard, any other one counts as a failed attempt.
     """
-    lines = await asyncio.to_thread(read_shard, blobs, input_key, shard, max_line)
+    lines = await _blob_io(read_shard, blobs, input_key, shard, max_line)
     slots = _parse(lines, batch.kind, max_line)
     caps = backend.capabilities
     check = check_generate if batch.kind is BatchKind.GENERATE else check_embed
@@ -174,7 +177,7 @@ async def run_shard(
             live.settle(len(chunk), tokens)
 
     output_key = shard_output_key(batch.id, shard.seq, token)
-    succeeded = await asyncio.to_thread(_write_output, blobs, output_key, slots)
+    succeeded = await _blob_io(_write_output, blobs, output_key, slots)
     return ShardOutcome(output_key, succeeded, len(slots) - succeeded, usage)
 
 
@@ -188,7 +191,7 @@ async def fail_shard(
     error: BaseException,
 ) -> ShardOutcome:
     """Answer every line of a shard with ``error`` (malformed lines keep their own)."""
-    lines = await asyncio.to_thread(read_shard, blobs, input_key, shard, max_line)
+    lines = await _blob_io(read_shard, blobs, input_key, shard, max_line)
     slots = _parse(lines, batch.kind, max_line)
     message = f"the model backend failed on every attempt at this request: {error}"
     failure = error if isinstance(error, OvernightError) else OvernightError(message)
@@ -197,8 +200,22 @@ async def fail_shard(
             slot.error = LineError(slot.line_no, message, slot.key)
             slot.error.status, slot.error.grpc_code = failure.status, failure.grpc_code  # type: ignore[misc]
     output_key = shard_output_key(batch.id, shard.seq, token)
-    succeeded = await asyncio.to_thread(_write_output, blobs, output_key, slots)
+    succeeded = await _blob_io(_write_output, blobs, output_key, slots)
     return ShardOutcome(output_key, succeeded, len(slots) - succeeded, Usage())
+
+
+async def _blob_io(fn: Callable[..., T], *args: Any) -> T:
+    """Run blob I/O in a thread; an ``OSError`` becomes ``StorageFull`` or ``BlobError``.
+
+    So the worker can tell the blob storage failing (wait it out) from a backend
+    raising ``OSError`` (a failed attempt).
+    """
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StorageFull(f"the disk is full: {exc}") from exc
+        raise BlobError(f"blob storage failed: {exc}") from exc
 
 
 def _write_output(blobs: BlobStore, key: str, slots: list[_Slot]) -> int:

@@ -95,9 +95,13 @@ class BatchService:
                 raise
 
         await asyncio.to_thread(write)
-        return await self._create(
-            tenant, model, entry.name, kind, display_name, None, key, True, None, None, batch_id
-        )
+        try:
+            return await self._create(
+                tenant, model, entry.name, kind, display_name, None, key, True, None, None, batch_id
+            )
+        except BaseException:
+            await asyncio.to_thread(self.blobs.delete, f"batches/{batch_id}/")
+            raise
 
     async def _create(
         self,
@@ -160,7 +164,7 @@ class BatchService:
         """
         if not batch.inline or not batch.output_file_id:
             return []
-        file = await self.files.get(None, batch.output_file_id)
+        file = await self.files.get(batch.tenant, batch.output_file_id)
         found = await asyncio.to_thread(_read_lines, self.blobs, file.blob_key)
         by_index: dict[int, dict[str, Any]] = {}
         extra: list[dict[str, Any]] = []
@@ -206,15 +210,19 @@ class BatchService:
         """Delete a batch and its generated outputs (not the user's input file).
 
         A batch still running is cancelled first, so that workers stop taking its shards.
+        Works on a full disk (see ``FileService.freeing_space``).
         """
         current = await self.get(tenant, batch_id)
+        free = self.files.freeing_space
         if not current.state.terminal:
-            await self.store.transition(current.id, BatchState.CANCELLED, now=time.time())
-        batch = await self.store.delete_batch(batch_id.removeprefix("batches/"), tenant)
+            now = time.time()
+            await free(lambda: self.store.transition(current.id, BatchState.CANCELLED, now=now))
+        batch = await free(lambda: self.store.delete_batch(current.id, tenant))
         if batch.output_file_id:
             with contextlib.suppress(NotFound):
-                await self.files.delete(None, batch.output_file_id)
+                await self.files.delete(batch.tenant, batch.output_file_id)
         await asyncio.to_thread(self.blobs.delete, f"batches/{batch.id}/")
+        await self.files.keep_reserve()
 
 
 def _read_lines(blobs: BlobStore, key: str) -> list[dict[str, Any]]:

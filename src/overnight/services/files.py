@@ -1,28 +1,48 @@
-"""File use-cases: import bytes as a file, read, list, download, delete, expire."""
+"""File use-cases: import bytes as a file, read, list, download, delete, expire.
+
+Every lookup is by tenant and id: file names are per tenant. Deletes work on a full
+disk: one that meets ``StorageFull`` gives up the space reserve (``blobs.space``) and
+runs again, and the reserve is made again once the delete has freed room.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from overnight.blobs.base import BlobStore
+from overnight.blobs.space import SpaceReserve
 from overnight.domain.files import File, FileSource, FileState
-from overnight.errors import FailedPrecondition, InvalidArgument, NotFound
+from overnight.errors import FailedPrecondition, InvalidArgument, NotFound, StorageFull
 from overnight.services.ids import new_id
 from overnight.store.sql import SqlStore
 
 COPY_CHUNK = 1 << 20
 
+T = TypeVar("T")
+log = logging.getLogger("overnight.files")
+
 
 class FileService:
-    """Files of a tenant. ``retention_s`` sets the expiry of uploaded files (None: never)."""
+    """Files of a tenant. ``retention_s`` sets the expiry of uploaded files (None: never);
+    ``reserve`` is the space deletes may use on a full disk (None: no reserve)."""
 
-    def __init__(self, store: SqlStore, blobs: BlobStore, *, retention_s: float | None) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        blobs: BlobStore,
+        *,
+        retention_s: float | None,
+        reserve: SpaceReserve | None = None,
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.retention_s = retention_s
+        self.reserve = reserve
 
     async def create_from_chunks(
         self,
@@ -33,9 +53,13 @@ class FileService:
         mime_type: str = "application/jsonl",
         max_bytes: int | None = None,
     ) -> File:
-        """Stream ``chunks`` into a new blob (in a thread) and record the file."""
+        """Stream ``chunks`` into a new blob (in a thread) and record the file.
+
+        Raises ``InvalidArgument`` past ``max_bytes``, ``StorageFull`` on a full disk;
+        either way no blob is left behind.
+        """
         file_id = new_id()
-        key = f"files/{file_id}"
+        key = f"files/{tenant}/{file_id}"
 
         def copy() -> tuple[int, str]:
             writer = self.blobs.open_write(key)
@@ -67,7 +91,11 @@ class FileService:
             update_time=now,
             expire_time=None if self.retention_s is None else now + self.retention_s,
         )
-        await self.store.create_file(file)
+        try:
+            await self.store.create_file(file)
+        except BaseException:
+            await asyncio.to_thread(self.blobs.delete, key)
+            raise
         return file
 
     async def import_path(
@@ -133,15 +161,36 @@ class FileService:
         await asyncio.to_thread(copy)
 
     async def delete(self, tenant: str | None, file_id: str) -> None:
-        file = await self.store.delete_file(file_id.removeprefix("files/"), tenant)
+        """Delete a file and its bytes; works on a full disk. Raises ``NotFound``, or
+        ``FailedPrecondition`` while the file is the input of an unfinished batch."""
+        key = file_id.removeprefix("files/")
+        file = await self.freeing_space(lambda: self.store.delete_file(key, tenant))
         await asyncio.to_thread(self.blobs.delete, file.blob_key)
+        await self.keep_reserve()
 
     async def sweep_expired(self, now: float | None = None) -> int:
         """Delete files past their expiry (rows, then blobs); returns how many."""
         now = time.time() if now is None else now
         removed = 0
-        while expired := await self.store.take_expired_files(now):
+        while expired := await self.freeing_space(lambda: self.store.take_expired_files(now)):
             for file in expired:
                 await asyncio.to_thread(self.blobs.delete, file.blob_key)
             removed += len(expired)
+        await self.keep_reserve()
         return removed
+
+    async def freeing_space(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op``, a store call that frees space; if the disk is too full even for
+        that, give up the space reserve and run it once more."""
+        try:
+            return await op()
+        except StorageFull:
+            if self.reserve is None or not await asyncio.to_thread(self.reserve.release):
+                raise
+            log.warning("the disk is full: gave up the space reserve so that a delete can run")
+        return await op()
+
+    async def keep_reserve(self) -> None:
+        """Make the space reserve again if it was given up and there is room for it."""
+        if self.reserve is not None and not self.reserve.held:
+            await asyncio.to_thread(self.reserve.keep)

@@ -3,34 +3,42 @@
 The upload URL's ``upload_id`` is a capability: whoever holds it may send the bytes,
 without an API key, exactly as with Google. Only its SHA-256 is stored. Chunks are
 streamed to a staging blob (``uploads/<id>.part``) and never held whole in memory;
-at finalize the staging blob is renamed to ``files/<file id>`` and the file recorded.
+at finalize the staging blob is renamed to a key of the session's own
+(``Upload.blob_key``) and the file recorded. No finalize ever writes over, or removes,
+bytes another session wrote: if the name was taken meanwhile, only this session's
+bytes go.
 
 A chunk whose offset is below the bytes received so far is a retry (the SDK resends a
-chunk whose reply it did not understand): the bytes already held are skipped, so a
-repeated chunk changes nothing. An offset beyond them is refused.
+chunk whose reply it did not understand): the bytes already held are compared with
+the resent ones and skipped, so a repeated chunk changes nothing, while one that
+differs is refused, saying where. An offset beyond them is refused.
+
+A full disk fails the chunk with ``StorageFull`` and cuts the staged bytes back to
+what the session had received: the client may resend once space is freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import BinaryIO
 
 from overnight.blobs.local import LocalBlobStore
-from overnight.domain.files import File, FileSource, FileState
+from overnight.blobs.space import is_no_space, storage_full
+from overnight.domain.files import File, FileSource, FileState, requested_name_problem
 from overnight.domain.uploads import UNKNOWN_SIZE, Upload
-from overnight.errors import FailedPrecondition, InvalidArgument
+from overnight.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from overnight.services.ids import new_id
 from overnight.store.sql import SqlStore
 
 CHUNK_GRANULARITY = 8 * 1024 * 1024
 WRITE_BUFFER = 1 << 20
-_FILE_ID = re.compile(r"[a-z0-9-]{1,40}")
 
 
 def session_id(token: str) -> str:
@@ -70,8 +78,8 @@ class UploadService:
         size_bytes: int | None = None,
     ) -> str:
         """Open a session; returns the URL token. Raises ``InvalidArgument`` for a size
-        over ``server.max_upload_bytes`` or a bad requested name, ``AlreadyExists`` if
-        the requested ``files/<id>`` is taken."""
+        over ``server.max_upload_bytes`` or a bad (or reserved) requested name,
+        ``AlreadyExists`` if the tenant's ``files/<id>`` is taken, ``StorageFull``."""
         if size_bytes is not None and size_bytes < 0:
             raise InvalidArgument(f"size_bytes must not be negative, got {size_bytes}")
         if size_bytes is not None and size_bytes > self.max_bytes:
@@ -82,11 +90,9 @@ class UploadService:
         file_id = new_id()
         if name:
             file_id = name.removeprefix("files/")
-            if not _FILE_ID.fullmatch(file_id):
-                raise InvalidArgument(
-                    f"file name {name!r} is invalid: use files/ID where ID is 1-40 "
-                    "lowercase letters, digits or '-'"
-                )
+            problem = requested_name_problem(file_id)
+            if problem:
+                raise InvalidArgument(f"file name {name!r} is invalid: {problem}")
         token = secrets.token_urlsafe(32)
         upload = Upload(
             id=session_id(token),
@@ -101,8 +107,12 @@ class UploadService:
         staging = self.blobs.path(upload.staging_key)
 
         def create() -> None:
-            staging.parent.mkdir(parents=True, exist_ok=True)
-            staging.touch()
+            try:
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                staging.touch()
+            except OSError as exc:
+                staging.unlink(missing_ok=True)
+                raise storage_full(self.blobs.root) if is_no_space(exc) else exc from None
 
         await asyncio.to_thread(create)
         try:
@@ -123,8 +133,10 @@ class UploadService:
 
         Returns the session (still active) or, after finalize, the new file. Raises
         ``NotFound`` for an unknown, expired or finalized session, ``InvalidArgument``
-        for an offset beyond the bytes received, more bytes than declared, or a final
-        size that differs from the declared one.
+        for an offset beyond the bytes received, a resent chunk whose bytes differ from
+        those received, more bytes than declared, or a final size that differs from the
+        declared one; ``AlreadyExists`` if the name was taken while the session was open
+        (the session is dropped); ``StorageFull`` on a full disk (resend the chunk).
         """
         sid = session_id(token)
         lock = self._locks.setdefault(sid, asyncio.Lock())
@@ -154,14 +166,14 @@ class UploadService:
         """Drop a session and its staged bytes. Raises ``NotFound``."""
         upload = await self.status(token)
         await self.store.delete_upload(upload.id)
-        await asyncio.to_thread(self.blobs.delete, upload.staging_key)
+        await asyncio.to_thread(_drop_bytes, self.blobs, upload)
         self._forget(upload.id)
 
     async def sweep_expired(self, now: float | None = None) -> int:
         """Drop sessions past their expiry and their staged bytes; returns how many."""
         expired = await self.store.take_expired_uploads(time.time() if now is None else now)
         for upload in expired:
-            await asyncio.to_thread(self.blobs.delete, upload.staging_key)
+            await asyncio.to_thread(_drop_bytes, self.blobs, upload)
             self._forget(upload.id)
         return len(expired)
 
@@ -177,15 +189,20 @@ class UploadService:
             hasher: hashlib._Hash | None = hashed[0]
         else:  # lost after a failed chunk: finalize re-reads the staged bytes instead
             hasher = hashlib.sha256() if received == 0 else None
-        handle = await asyncio.to_thread(_open_at, self.blobs.path(upload.staging_key), received)
+        path = self.blobs.path(upload.staging_key)
+        # an earlier finalize of this still-open session moved the bytes, then failed
+        await asyncio.to_thread(_take_back, self.blobs.path(upload.blob_key), path)
+        handle = await asyncio.to_thread(_open_at, path, received)
         pending: list[bytes] = []
         pending_len = 0
         try:
             async for piece in body:
                 if skip:
-                    dropped = min(skip, len(piece))
-                    skip -= dropped
-                    piece = piece[dropped:]
+                    held = min(skip, len(piece))
+                    at = received - skip
+                    await asyncio.to_thread(_check_resent, handle, piece[:held], at, offset)
+                    skip -= held
+                    piece = piece[held:]
                 if not piece:
                     continue
                 if received + pending_len + len(piece) > limit:
@@ -199,9 +216,14 @@ class UploadService:
             if pending:
                 await asyncio.to_thread(_write_out, handle, hasher, pending)
                 received += pending_len
-        except BaseException:
-            await asyncio.to_thread(handle.close)
-            raise  # ``received`` in the store is unchanged; the next chunk truncates
+            await asyncio.to_thread(handle.flush)
+        except BaseException as exc:
+            # ``received`` in the store is unchanged: drop what this chunk appended, now
+            # (on a full disk, that space is what the next request needs)
+            await asyncio.to_thread(_cut_back, handle, upload.received)
+            if is_no_space(exc):
+                raise storage_full(self.blobs.root) from None
+            raise
         await asyncio.to_thread(handle.close)
         if hasher is not None:
             self._hashes[upload.id] = (hasher, received)
@@ -215,15 +237,18 @@ class UploadService:
             )
         hashed = self._hashes.get(upload.id)
         staging = self.blobs.path(upload.staging_key)
-        target = self.blobs.path(f"files/{upload.file_id}")
+        target = self.blobs.path(upload.blob_key)  # this session's own key: nobody else's
         known = hashed[0].hexdigest() if hashed and hashed[1] == upload.received else None
 
         def publish() -> str:
-            digest = known or _sha256_of(staging)
-            with staging.open("rb+") as f:
-                os.fsync(f.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, target)
+            try:
+                digest = known or _sha256_of(staging)
+                with staging.open("rb+") as f:
+                    os.fsync(f.fileno())
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging, target)
+            except OSError as exc:
+                raise storage_full(self.blobs.root) if is_no_space(exc) else exc from None
             return digest
 
         digest = await asyncio.to_thread(publish)
@@ -235,7 +260,7 @@ class UploadService:
             mime_type=upload.mime_type,
             size_bytes=upload.received,
             sha256=digest,
-            blob_key=f"files/{upload.file_id}",
+            blob_key=upload.blob_key,
             source=FileSource.UPLOADED,
             state=FileState.ACTIVE,
             create_time=now,
@@ -244,9 +269,16 @@ class UploadService:
         )
         try:
             await self.store.finish_upload(upload.id, file)
-        except BaseException:
+        except AlreadyExists:
+            # The name went to another upload while this session was open: this session
+            # is over, and only the bytes it wrote itself go.
             await asyncio.to_thread(target.unlink, True)
+            await self.store.delete_upload(upload.id)
+            self._forget(upload.id)
             raise
+        # Any other failure leaves the bytes where they are: the commit may even have
+        # happened (a connection lost at COMMIT). A resent finalize that still finds the
+        # session open knows it did not, and takes them back (see ``_write``).
         return file
 
     def _forget(self, sid: str) -> None:
@@ -285,6 +317,47 @@ def _open_at(path: os.PathLike[str], received: int) -> BinaryIO:
     handle.truncate(received)
     handle.seek(received)
     return handle
+
+
+def _check_resent(handle: BinaryIO, resent: bytes, at: int, offset: int) -> None:
+    """Refuse a resent stretch (starting at byte ``at``) that differs from the bytes held."""
+    with open(handle.name, "rb") as f:
+        f.seek(at)
+        held = f.read(len(resent))
+    if held == resent:
+        return
+    where = next(
+        (i for i, (a, b) in enumerate(zip(held, resent, strict=False)) if a != b),
+        min(len(held), len(resent)),
+    )
+    byte = at + where
+    got = f"0x{resent[where]:02x}" if where < len(resent) else "nothing"
+    had = f"0x{held[where]:02x}" if where < len(held) else "nothing"
+    raise InvalidArgument(
+        f"the chunk sent at X-Goog-Upload-Offset {offset} overlaps bytes already received "
+        f"but differs from them: byte {byte} of the file is {got} in this chunk and was "
+        f"{had} before. A resent chunk must repeat the original bytes; to change the "
+        "file, start a new upload"
+    )
+
+
+def _cut_back(handle: BinaryIO, received: int) -> None:
+    """Close, dropping whatever a failed chunk appended past ``received``."""
+    with contextlib.suppress(OSError):  # a buffered tail that cannot be flushed is dropped
+        handle.close()
+    with contextlib.suppress(OSError):  # the next chunk truncates again (``_open_at``)
+        os.truncate(handle.name, received)
+
+
+def _drop_bytes(blobs: LocalBlobStore, upload: Upload) -> None:
+    """The bytes of a session that never became a file, wherever a failed finalize left them."""
+    blobs.delete(upload.staging_key)
+    blobs.delete(upload.blob_key)
+
+
+def _take_back(published: Path, staging: Path) -> None:
+    if not staging.exists() and published.exists():
+        os.replace(published, staging)
 
 
 def _write_out(handle: BinaryIO, hasher: hashlib._Hash | None, pieces: list[bytes]) -> None:

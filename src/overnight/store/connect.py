@@ -6,6 +6,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
+PG_CONNECT_DEFAULTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
 
 def normalize_url(url: str) -> str:
     """Accept ``postgres://`` and ``postgresql://`` and use the psycopg 3 driver."""
@@ -34,7 +42,19 @@ def create_sql_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # pool_pre_ping: a connection the server dropped (restart, outage) is replaced on
+    # checkout instead of failing the next transaction.
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "do_connect")
+        def _on_do_connect(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+            # Defaults the URL may override: an unreachable server fails a connect in
+            # seconds, and a dead peer is noticed by TCP keepalives instead of hanging.
+            for name, value in PG_CONNECT_DEFAULTS.items():
+                params.setdefault(name, value)
+
+    return engine
 
 
 def redact_url(url: str) -> str:

@@ -15,10 +15,13 @@ PostgreSQL, shard leasing uses ``FOR UPDATE SKIP LOCKED``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -35,6 +38,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -50,7 +54,7 @@ from overnight.domain.batches import (
 )
 from overnight.domain.files import File
 from overnight.domain.uploads import Upload
-from overnight.errors import AlreadyExists, NotFound, StoreError
+from overnight.errors import AlreadyExists, FailedPrecondition, NotFound, StorageFull, StoreError
 from overnight.store import tables as t
 from overnight.store.connect import create_sql_engine, normalize_url, redact_url
 from overnight.store.migrations import MIGRATIONS
@@ -65,6 +69,7 @@ from overnight.store.rows import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("overnight.store")
 
 TERMINAL = [s.value for s in BatchState if s.terminal]
 
@@ -77,6 +82,8 @@ class SqlStore:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # As many threads as the pool has connections (create_sql_engine: 10 + 10).
         self._threads = ThreadPoolExecutor(max_workers=20, thread_name_prefix="overnight-store")
+        self._calls: dict[int, float] = {}  # calls in flight: id -> monotonic start
+        self._call_ids = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,25 +118,68 @@ class SqlStore:
                 )
             )
 
+    @property
+    def sqlite_dir(self) -> Path | None:
+        """The directory of the SQLite database file (None: not SQLite, or in memory)."""
+        database = self._engine.url.database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return None
+        return Path(database).resolve().parent
+
+    def _data_where(self) -> str:
+        """Where the database keeps its data, for a full-disk message."""
+        if self.sqlite_dir is not None:
+            return str(self.sqlite_dir)
+        url = self._engine.url.render_as_string(hide_password=True)
+        return f"the database of {redact_url(url)}"
+
     async def schema_version(self) -> int:
         def q(conn: Connection) -> int:
             return int(conn.execute(select(func.max(t.schema_migrations.c.version))).scalar() or 0)
 
         return await self._run(q)
 
+    def waiting_since(self) -> float | None:
+        """When (``time.monotonic``) the oldest call still in flight began; None if idle.
+
+        A call that waits long means a locked or unreachable database: the workers'
+        health report says so.
+        """
+        return min(self._calls.values(), default=None)
+
     async def _run(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one transaction in a thread; driver errors become StoreError."""
+        """Run ``fn`` in one transaction in a thread; driver errors become StoreError.
+
+        A connection the database dropped (restart, network cut) is discarded by the
+        pool (``pool_pre_ping``, and SQLAlchemy invalidates the pool on a disconnect
+        error), so once the database is back the next call reconnects.
+        """
 
         def call() -> T:
             with self._engine.begin() as conn:
                 return fn(conn)
 
+        call_id = next(self._call_ids)
+        self._calls[call_id] = time.monotonic()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except IntegrityError as exc:
-            raise AlreadyExists(f"already exists: {exc.orig}") from None
+            # The driver's text names tables and key values (perhaps another tenant's):
+            # it goes to the log, not to the caller.
+            log.info("integrity error: %s", _first_line(exc))
+            raise AlreadyExists(
+                "a record with that name already exists; choose another name"
+            ) from None
         except (DBAPIError, SQLAlchemyError) as exc:
-            raise StoreError(f"metadata store error: {getattr(exc, 'orig', exc)}") from None
+            if _disk_full(exc):
+                raise StorageFull(
+                    f"the disk holding {self._data_where()} is full: delete files or batches "
+                    "you no longer need, or free space on that disk, then retry; no restart "
+                    "is needed"
+                ) from None
+            raise StoreError(f"metadata store error: {_first_line(exc)}") from None
+        finally:
+            del self._calls[call_id]
 
     # ------------------------------------------------------------------- api keys
 
@@ -172,11 +222,27 @@ class SqlStore:
         return await self._run(lambda c: [to_file(r) for r in c.execute(stmt).mappings()])
 
     async def delete_file(self, file_id: str, tenant: str | None = None) -> File:
-        """Delete the row and return it (the caller deletes the blob). Raises NotFound."""
+        """Delete the row and return it (the caller deletes the blob).
+
+        Raises ``NotFound``, or ``FailedPrecondition`` naming the batch while the file is
+        the input of a batch not yet finalized. The check and the delete are one
+        transaction holding the file's row, and ``create_batch`` locks that row too, so no
+        batch can start on a file as it is deleted (on SQLite and PostgreSQL alike).
+        """
+        f, b = t.files, t.batches
 
         def q(conn: Connection) -> File:
-            row = _owned_row(conn, t.files, file_id, tenant)
-            conn.execute(delete(t.files).where(t.files.c.id == file_id))
+            row = _owned_row(conn, f, file_id, tenant, lock=True)
+            reader = conn.execute(
+                select(b.c.id, b.c.state)
+                .where(b.c.tenant == row["tenant"], b.c.input_file_id == file_id)
+                .where(not_(b.c.finalized))
+                .order_by(b.c.create_time)
+                .limit(1)
+            ).first()
+            if reader is not None:
+                raise FailedPrecondition(_input_in_use(file_id, reader[0], BatchState(reader[1])))
+            conn.execute(delete(f).where(f.c.tenant == row["tenant"], f.c.id == file_id))
             return to_file(row)
 
         return await self._run(q)
@@ -188,7 +254,9 @@ class SqlStore:
         batch still reads it. The caller deletes the blobs.
         """
         f, b = t.files, t.batches
-        in_use = exists().where(b.c.input_file_id == f.c.id, not_(b.c.finalized))
+        in_use = exists().where(
+            b.c.tenant == f.c.tenant, b.c.input_file_id == f.c.id, not_(b.c.finalized)
+        )
 
         def q(conn: Connection) -> list[File]:
             stmt = (
@@ -198,7 +266,8 @@ class SqlStore:
             )
             rows = [to_file(r) for r in conn.execute(stmt).mappings()]
             if rows:
-                conn.execute(delete(f).where(f.c.id.in_([r.id for r in rows])))
+                keys = [(r.tenant, r.id) for r in rows]
+                conn.execute(delete(f).where(tuple_(f.c.tenant, f.c.id).in_(keys)))
             return rows
 
         return await self._run(q)
@@ -206,20 +275,30 @@ class SqlStore:
     # -------------------------------------------------------------- upload sessions
 
     async def create_upload(self, upload: Upload) -> None:
-        """Record a session. Raises ``AlreadyExists`` if its file id is taken by a
-        file or by another open session."""
-        u = t.uploads
+        """Record a session, reserving its file name in the tenant. Raises ``AlreadyExists``
+        if the name is taken by a file or by another open session of the tenant."""
+        u, f = t.uploads, t.files
+        taken = AlreadyExists(
+            f"file files/{upload.file_id} already exists; choose another name, or delete "
+            "that file first"
+        )
 
         def q(conn: Connection) -> None:
-            taken = (
-                conn.execute(select(t.files.c.id).where(t.files.c.id == upload.file_id)).first()
-                or conn.execute(select(u.c.id).where(u.c.file_id == upload.file_id)).first()
-            )
-            if taken:
-                raise AlreadyExists(f"file files/{upload.file_id} already exists")
+            if (
+                conn.execute(
+                    select(f.c.id).where(f.c.tenant == upload.tenant, f.c.id == upload.file_id)
+                ).first()
+                or conn.execute(
+                    select(u.c.id).where(u.c.tenant == upload.tenant, u.c.file_id == upload.file_id)
+                ).first()
+            ):
+                raise taken
             conn.execute(insert(u).values(**upload_values(upload)))
 
-        await self._run(q)
+        try:
+            await self._run(q)
+        except AlreadyExists:  # lost the race for the name to a concurrent start
+            raise taken from None
 
     async def get_upload(self, upload_id: str, *, now: float) -> Upload:
         """An open, unexpired session. Raises ``NotFound``."""
@@ -260,15 +339,33 @@ class SqlStore:
 
     async def finish_upload(self, upload_id: str, file: File) -> None:
         """Close the session and record its file, in one transaction. Raises ``NotFound``
-        if the session is gone (finalized concurrently, or swept)."""
+        if the session is gone (finalized concurrently, or swept).
+
+
+        Raises ``AlreadyExists`` if a file of that name was recorded meanwhile (the name
+        was taken while this session was open): the files key, not the session, is what
+        guarantees one file per name. Nothing changes then; the caller drops the session.
+        """
+        f = t.files
+        taken = AlreadyExists(
+            f"file {file.name} already exists: another upload of that name finished first; "
+            "choose another name, or delete that file first"
+        )
 
         def q(conn: Connection) -> None:
             res = conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
             if res.rowcount != 1:
                 raise NotFound("upload session not found: it expired or was finalized")
-            conn.execute(insert(t.files).values(**file_values(file)))
+            if conn.execute(
+                select(f.c.id).where(f.c.tenant == file.tenant, f.c.id == file.id)
+            ).first():
+                raise taken
+            conn.execute(insert(f).values(**file_values(file)))
 
-        await self._run(q)
+        try:
+            await self._run(q)
+        except AlreadyExists:  # a concurrent insert won on the key
+            raise taken from None
 
     async def delete_upload(self, upload_id: str) -> None:
         await self._run(lambda c: c.execute(delete(t.uploads).where(t.uploads.c.id == upload_id)))
@@ -290,11 +387,20 @@ class SqlStore:
     async def create_batch(
         self, batch: Batch, input_blob: str, annotations: dict[str, Any] | None = None
     ) -> None:
-        """Insert a new batch. Raises ``AlreadyExists`` if its ``ref`` is taken."""
+        """Insert a new batch. Raises ``AlreadyExists`` if its ``ref`` is taken, ``NotFound``
+        if its input file is gone."""
         row = batch_values(batch)
         row["input_blob"] = input_blob
         row["annotations"] = json.dumps(annotations or {})
-        await self._run(lambda c: c.execute(insert(t.batches).values(**row)))
+
+        def q(conn: Connection) -> None:
+            if batch.input_file_id is not None:
+                # Hold the input file's row so that a concurrent delete_file either
+                # sees this batch or has already removed the file.
+                _owned_row(conn, t.files, batch.input_file_id, batch.tenant, lock=True)
+            conn.execute(insert(t.batches).values(**row))
+
+        await self._run(q)
 
     async def get_batch(self, batch_id: str, tenant: str | None = None) -> Batch:
         """Raises ``NotFound``; another tenant's batch is not found either."""
@@ -604,7 +710,6 @@ class SqlStore:
                     lease_owner=owner,
                     lease_token=token,
                     lease_expires=lease_until,
-                    attempts=s.c.attempts + 1,
                 )
             )
             if res.rowcount != 1:
@@ -629,6 +734,30 @@ class SqlStore:
                 .values(lease_expires=lease_until)
             )
             return res.rowcount == 1
+
+        return await self._run(q)
+
+    async def count_failed_attempt(self, batch_id: str, seq: int, token: str) -> int | None:
+        """Count one failed attempt at a shard we hold; return its failures so far.
+
+        Only failures count: a lease lost to a crash or a shutdown is not an attempt.
+        None if the lease was lost.
+        """
+        key = (t.shards.c.batch_id == batch_id, t.shards.c.seq == seq)
+
+        def q(conn: Connection) -> int | None:
+            res = conn.execute(
+                update(t.shards)
+                .where(
+                    *key,
+                    t.shards.c.lease_token == token,
+                    t.shards.c.state == ShardState.LEASED.value,
+                )
+                .values(attempts=t.shards.c.attempts + 1)
+            )
+            if res.rowcount != 1:
+                return None
+            return int(conn.execute(select(t.shards.c.attempts).where(*key)).scalar_one())
 
         return await self._run(q)
 
@@ -662,7 +791,8 @@ class SqlStore:
 
         Only the holder of the current lease can commit; a worker whose lease expired
         and was taken gets False and must discard its output. This is what makes each
-        request counted exactly once.
+        request counted exactly once. Committing again what was committed (a retry
+        after the database dropped the reply) returns True and changes nothing.
         """
 
         def q(conn: Connection) -> bool:
@@ -688,7 +818,15 @@ class SqlStore:
                 )
             )
             if res.rowcount != 1:
-                return False
+                # Committed already, if an earlier try's reply was lost with the connection.
+                done = conn.execute(
+                    select(t.shards.c.output_blob).where(
+                        t.shards.c.batch_id == batch_id,
+                        t.shards.c.seq == seq,
+                        t.shards.c.state == ShardState.DONE.value,
+                    )
+                ).scalar()
+                return done is not None and done == outcome.output_blob
             b = t.batches
             conn.execute(
                 update(b)
@@ -758,6 +896,25 @@ class SqlStore:
 
 # -------------------------------------------------------------------- plumbing
 
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # disk_full
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a driver error says the disk under the database is full."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    if getattr(orig, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    return "database or disk is full" in str(orig) or "No space left on device" in str(orig)
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    """The driver's message on one line (psycopg's span several)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split()) or type(exc).__name__
+
 
 def _lock_batch(conn: Connection, batch_id: str) -> bool | None:
     """Lock the batch row for this transaction; returns its ``finalized`` (None: no such batch).
@@ -786,11 +943,26 @@ def _count_done(conn: Connection, batch_id: str) -> int:
 _NOUNS = {"files": "file", "batches": "batch"}
 
 
-def _owned_row(conn: Connection, table: Table, row_id: str, tenant: str | None) -> Any:
-    """The row with ``row_id`` (of ``tenant``, if given). Raises ``NotFound``."""
+def _input_in_use(file_id: str, batch_id: str, state: BatchState) -> str:
+    what = f"files/{file_id} is the input of batches/{batch_id}, which is {state.value}"
+    if state.terminal:
+        return f"{what} and still finishing; wait for it to finish, then delete the file"
+    return f"{what}; cancel it or wait for it to finish, then delete the file"
+
+
+def _owned_row(
+    conn: Connection, table: Table, row_id: str, tenant: str | None, *, lock: bool = False
+) -> Any:
+    """The row with ``row_id`` (of ``tenant``, if given). Raises ``NotFound``.
+
+    ``lock`` holds the row for the transaction on PostgreSQL (SQLite's write lock
+    already covers it).
+    """
     stmt = select(table).where(table.c.id == row_id)
     if tenant is not None:
         stmt = stmt.where(table.c.tenant == tenant)
+    if lock and conn.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
     row = conn.execute(stmt).mappings().first()
     if row is None:
         raise NotFound(f"{_NOUNS[table.name]} {table.name}/{row_id} does not exist")

@@ -18,11 +18,12 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# File ids are per tenant (migration 3): the key is (tenant, id).
 files = Table(
     "files",
     metadata,
+    Column("tenant", String(128), primary_key=True, index=True),
     Column("id", String(64), primary_key=True),
-    Column("tenant", String(128), nullable=False, index=True),
     Column("display_name", Text, nullable=False, default=""),
     Column("mime_type", String(255), nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
@@ -109,6 +110,9 @@ uploads = Table(
     Column("size_bytes", BigInteger, nullable=False),
     Column("received", BigInteger, nullable=False, default=0),
     Column("expire_time", Float, nullable=False),
+    # One open session per requested name (migration 3); finalize still relies on the
+    # files key, as a name can be reserved again while its file is being recorded.
+    Index("ux_uploads_tenant_file", "tenant", "file_id", unique=True),
 )
 
 schema_migrations = Table(

@@ -9,13 +9,14 @@ camelCase and snake_case are both accepted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
-from overnight.api.gemini.operations import inlined_item, render_operation
+from overnight.api.gemini.operations import inlined_item, render_listed, render_operation
+from overnight.api.openapi import answers, json_body
 from overnight.api.wire import decode_page_token, encode_page_token
 from overnight.app import Services
 from overnight.domain.batches import Batch, BatchKind
@@ -24,7 +25,8 @@ from overnight.errors import InvalidArgument
 router = APIRouter()
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
+# A list page carries no inline results (a get does), so each operation is small.
+MAX_PAGE_SIZE = 100
 
 
 def _field(obj: dict[str, Any], camel: str, snake: str) -> Any:
@@ -116,7 +118,12 @@ async def _render(services: Services, batch: Batch) -> dict[str, Any]:
     return render_operation(batch, [inlined_item(line) for line in lines])
 
 
-@router.post("/{version}/models/{model}:batchGenerateContent")
+@router.post(
+    "/{version}/models/{model}:batchGenerateContent",
+    response_model=None,
+    responses=answers("Operation"),
+    openapi_extra=json_body("BatchCreateRequest"),
+)
 async def batch_generate_content(
     version: VersionDep, model: str, request: Request, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:
@@ -124,7 +131,12 @@ async def batch_generate_content(
     return await _create(request, services, tenant, model, BatchKind.GENERATE)
 
 
-@router.post("/{version}/models/{model}:asyncBatchEmbedContent")
+@router.post(
+    "/{version}/models/{model}:asyncBatchEmbedContent",
+    response_model=None,
+    responses=answers("Operation"),
+    openapi_extra=json_body("BatchCreateRequest", "requests[].request: EmbedContentRequest"),
+)
 async def async_batch_embed_content(
     version: VersionDep, model: str, request: Request, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:
@@ -132,25 +144,35 @@ async def async_batch_embed_content(
     return await _create(request, services, tenant, model, BatchKind.EMBED)
 
 
-@router.get("/{version}/batches")
+@router.get("/{version}/batches", response_model=None, responses=answers("ListOperationsResponse"))
 async def list_batches(
     version: VersionDep,
     services: ServicesDep,
     tenant: TenantDep,
-    pageSize: int | None = None,
-    pageToken: str | None = None,
+    pageSize: Annotated[
+        int | None,
+        Query(description=f"default {DEFAULT_PAGE_SIZE}; larger sizes get {MAX_PAGE_SIZE}"),
+    ] = None,
+    pageToken: Annotated[str | None, Query(description="a nextPageToken")] = None,
 ) -> dict[str, Any]:
-    """Batches newest first, as ``{"operations": [...], "nextPageToken"?}``."""
+    """Batches newest first, as ``{"operations": [...], "nextPageToken"?}``.
+
+    Like Gemini's list, the operations leave out inline batches' results (the SDK's
+    ``batches.list()`` shows their ``dest`` as None): get a batch to read its
+    ``inlinedResponses``. That keeps a page small whatever the batches hold.
+    """
     size = DEFAULT_PAGE_SIZE if not pageSize or pageSize <= 0 else min(pageSize, MAX_PAGE_SIZE)
     after = decode_page_token(pageToken) if pageToken else None
     page = await services.batches.list_page(tenant, limit=size + 1, after=after)
-    body: dict[str, Any] = {"operations": [await _render(services, batch) for batch in page[:size]]}
+    body: dict[str, Any] = {"operations": [render_listed(batch) for batch in page[:size]]}
     if len(page) > size:
         body["nextPageToken"] = encode_page_token(page[size - 1].create_time, page[size - 1].id)
     return body
 
 
-@router.post("/{version}/batches/{batch_id}:cancel")
+@router.post(
+    "/{version}/batches/{batch_id}:cancel", response_model=None, responses=answers("Empty")
+)
 async def cancel_batch(
     version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:
@@ -159,14 +181,14 @@ async def cancel_batch(
     return {}
 
 
-@router.get("/{version}/batches/{batch_id}")
+@router.get("/{version}/batches/{batch_id}", response_model=None, responses=answers("Operation"))
 async def get_batch(
     version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:
     return await _render(services, await services.batches.get(tenant, batch_id))
 
 
-@router.delete("/{version}/batches/{batch_id}")
+@router.delete("/{version}/batches/{batch_id}", response_model=None, responses=answers("Empty"))
 async def delete_batch(
     version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:

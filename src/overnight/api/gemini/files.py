@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from overnight.api.deps import BaseDep, ServicesDep, TenantDep, VersionDep
+from overnight.api.openapi import answers
 from overnight.api.wire import decode_page_token, encode_page_token, int64, timestamp
 from overnight.domain.files import File, FileSource
 
@@ -50,7 +51,15 @@ async def _download(services: ServicesDep, tenant: str, file_id: str) -> Streami
 
 
 # ``:download`` routes come before ``files/{file_id}``, which would otherwise match them.
-@router.get("/{version}/files/{file_id}:download")
+_BYTES: dict[int | str, Any] = {
+    200: {
+        "description": "The file's bytes (generated files only)",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.get("/{version}/files/{file_id}:download", response_model=None, responses=_BYTES)
 async def download_file(
     version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep
 ) -> StreamingResponse:
@@ -58,7 +67,7 @@ async def download_file(
     return await _download(services, tenant, file_id)
 
 
-@router.get("/download/{version}/files/{file_id}:download")
+@router.get("/download/{version}/files/{file_id}:download", response_model=None, responses=_BYTES)
 async def download_file_docs_path(
     version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep
 ) -> StreamingResponse:
@@ -66,7 +75,7 @@ async def download_file_docs_path(
     return await _download(services, tenant, file_id)
 
 
-@router.get("/{version}/files/{file_id}")
+@router.get("/{version}/files/{file_id}", response_model=None, responses=answers("File"))
 async def get_file(
     version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep, base: BaseDep
 ) -> dict[str, Any]:
@@ -74,14 +83,18 @@ async def get_file(
     return render_file(file, base, version)
 
 
-@router.get("/{version}/files")
+@router.get("/{version}/files", response_model=None, responses=answers("ListFilesResponse"))
 async def list_files(
     version: VersionDep,
     services: ServicesDep,
     tenant: TenantDep,
     base: BaseDep,
-    page_size: int = Query(DEFAULT_PAGE_SIZE, alias="pageSize"),
-    page_token: str | None = Query(None, alias="pageToken"),
+    page_size: int = Query(
+        DEFAULT_PAGE_SIZE,
+        alias="pageSize",
+        description=f"default {DEFAULT_PAGE_SIZE}; larger sizes get {MAX_PAGE_SIZE}",
+    ),
+    page_token: str | None = Query(None, alias="pageToken", description="a nextPageToken"),
 ) -> dict[str, Any]:
     """Newest first; ``nextPageToken`` while more remain."""
     limit = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
@@ -93,7 +106,7 @@ async def list_files(
     return body
 
 
-@router.delete("/{version}/files/{file_id}")
+@router.delete("/{version}/files/{file_id}", response_model=None, responses=answers("Empty"))
 async def delete_file(
     version: VersionDep, file_id: str, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:

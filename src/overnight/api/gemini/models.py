@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
+from overnight.api.openapi import answers, json_body, ref
 from overnight.catalog import ModelCatalog, ModelEntry
 from overnight.domain.batches import BatchKind
 from overnight.domain.lines import parse_request
@@ -103,7 +104,7 @@ def _model(catalog: ModelCatalog, asked: str, entry: ModelEntry) -> dict[str, An
     return model
 
 
-@router.get("/{version}/models")
+@router.get("/{version}/models", responses=answers("ListModelsResponse"))
 async def list_models(
     version: VersionDep,
     services: ServicesDep,
@@ -131,7 +132,7 @@ async def list_models(
     return _json(body)
 
 
-@router.get("/{version}/models/{model}")
+@router.get("/{version}/models/{model}", responses=answers("Model"))
 async def get_model(
     version: VersionDep, model: str, services: ServicesDep, _: TenantDep
 ) -> Response:
@@ -160,14 +161,32 @@ async def _generate(model: str, request: Request, services: ServicesDep) -> dict
     return result.to_wire(new_id(20))
 
 
-@router.post("/{version}/models/{model}:generateContent")
+@router.post(
+    "/{version}/models/{model}:generateContent",
+    responses=answers("GenerateContentResponse"),
+    openapi_extra=json_body("GenerateContentRequest"),
+)
 async def generate_content(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
     return _json(await _generate(model, request, services))
 
 
-@router.post("/{version}/models/{model}:streamGenerateContent")
+@router.post(
+    "/{version}/models/{model}:streamGenerateContent",
+    responses={
+        200: {
+            "description": "One SSE frame with alt=sse, else a JSON array of one response",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}},
+                "application/json": {
+                    "schema": {"type": "array", "items": ref("GenerateContentResponse")}
+                },
+            },
+        }
+    },
+    openapi_extra=json_body("GenerateContentRequest"),
+)
 async def stream_generate_content(
     version: VersionDep,
     model: str,
@@ -192,7 +211,11 @@ def _embed_request(body: Any, prefix: str) -> EmbedRequest:
     return cast(EmbedRequest, parse_request(body, BatchKind.EMBED, prefix=prefix))
 
 
-@router.post("/{version}/models/{model}:embedContent")
+@router.post(
+    "/{version}/models/{model}:embedContent",
+    responses=answers("EmbedContentResponse"),
+    openapi_extra=json_body("EmbedContentRequest"),
+)
 async def embed_content(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
@@ -201,7 +224,11 @@ async def embed_content(
     return _json({"embedding": {"values": result.values}})
 
 
-@router.post("/{version}/models/{model}:batchEmbedContents")
+@router.post(
+    "/{version}/models/{model}:batchEmbedContents",
+    responses=answers("BatchEmbedContentsResponse"),
+    openapi_extra=json_body("BatchEmbedContentsRequest"),
+)
 async def batch_embed_contents(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
@@ -220,7 +247,11 @@ async def batch_embed_contents(
 _COUNT_FIELDS = {"contents", "generateContentRequest", "generate_content_request"}
 
 
-@router.post("/{version}/models/{model}:countTokens")
+@router.post(
+    "/{version}/models/{model}:countTokens",
+    responses=answers("CountTokensResponse"),
+    openapi_extra=json_body("CountTokensRequest"),
+)
 async def count_tokens(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:

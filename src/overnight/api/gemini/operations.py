@@ -88,6 +88,16 @@ def render_output(batch: Batch, inlined: list[dict[str, Any]] | None) -> dict[st
     return {"responsesFile": f"files/{batch.output_file_id}"}
 
 
+def render_listed(batch: Batch) -> dict[str, Any]:
+    """The Operation as ``batches.list`` shows it: an inline batch's results are left out
+    (``output`` and the ``response`` mirror), a file batch keeps its ``responsesFile``."""
+    operation = render_operation(batch)
+    if batch.inline:
+        operation["metadata"].pop("output", None)
+        operation.pop("response", None)
+    return operation
+
+
 def render_operation(batch: Batch, inlined: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Operation for ``batch``; ``inlined`` holds an inline batch's result items."""
     type_name = _BATCH_TYPE[batch.kind]

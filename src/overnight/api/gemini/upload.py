@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from overnight.api.deps import BaseDep, ServicesDep, VersionDep, get_tenant
 from overnight.api.gemini.files import render_file
+from overnight.api.openapi import header, query, ref
 from overnight.app import Services
 from overnight.domain.files import File
 from overnight.domain.uploads import Upload
@@ -51,7 +52,61 @@ def upload_service(request: Request, services: Services) -> UploadService:
     return uploads
 
 
-@router.post("/upload/{version}/files")
+_PROTOCOL = {
+    "parameters": [
+        query("upload_id", "The session (from X-Goog-Upload-URL); absent on start"),
+        query("upload_protocol", "resumable"),
+        header("X-Goog-Upload-Protocol", "resumable", {"type": "string", "enum": ["resumable"]}),
+        header(
+            "X-Goog-Upload-Command",
+            "start (no upload_id); then upload, 'upload, finalize', query or cancel",
+            {
+                "type": "string",
+                "enum": ["start", "upload", "upload, finalize", "query", "cancel"],
+            },
+        ),
+        header(
+            "X-Goog-Upload-Offset",
+            "Byte offset of this chunk in the file",
+            {"type": "integer", "minimum": 0},
+        ),
+        header(
+            "X-Goog-Upload-Header-Content-Length",
+            "Start: the file's size in bytes",
+            {"type": "integer", "minimum": 0},
+        ),
+        header("X-Goog-Upload-Header-Content-Type", "Start: the file's MIME type, e.g. jsonl"),
+        header("X-Goog-Upload-File-Name", "Start: the file's base name (ignored)"),
+    ],
+    "requestBody": {
+        "description": 'Start: {"file": {...}} (JSON). A chunk: the raw bytes, whatever its '
+        "Content-Type says (at most server.max_upload_bytes).",
+        "content": {
+            "application/json": {"schema": ref("UploadStartRequest")},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+_ANSWERS: dict[int | str, Any] = {
+    200: {
+        "description": "Start: an empty body and X-Goog-Upload-URL. A chunk: "
+        'X-Goog-Upload-Status active (empty body), or final with {"file": File}.',
+        "headers": {
+            "X-Goog-Upload-URL": {"schema": {"type": "string"}},
+            "X-Goog-Upload-Status": {
+                "schema": {"type": "string", "enum": ["active", "final", "cancelled"]}
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/upload/{version}/files",
+    response_class=Response,
+    responses=_ANSWERS,
+    openapi_extra=_PROTOCOL,
+)
 async def upload(
     request: Request, version: VersionDep, services: ServicesDep, base: BaseDep
 ) -> Response:
