@@ -149,6 +149,22 @@ def test_cross_origin_page_cannot_read(server: str) -> None:
     same = httpx.get(f"{server}/v1/batches", headers={"Origin": server})
     assert same.status_code == 200, same.text
     assert "access-control-allow-origin" not in same.headers
+    # every answer, refused or not, forbids cross-site loads and MIME sniffing
+    for answer in (same, preflight):
+        assert answer.headers["cross-origin-resource-policy"] == "same-origin"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_cross_site_fetch_without_origin_is_refused(server: str) -> None:
+    # Chromium leaves Origin out of a no-cors GET but marks it Sec-Fetch-Site: cross-site
+    for site in ("cross-site", "same-site"):
+        answer = httpx.get(f"{server}/v1/batches", headers={"Sec-Fetch-Site": site})
+        refused(answer, 403)
+        assert "another site" in answer.json()["error"]["message"]
+    # the user typing the URL (none) and the server's own pages (same-origin) still read
+    for site in ("none", "same-origin"):
+        answer = httpx.get(f"{server}/v1/batches", headers={"Sec-Fetch-Site": site})
+        assert answer.status_code == 200, answer.text
 
 
 def test_dns_rebinding_foreign_host_is_refused(server: str) -> None:

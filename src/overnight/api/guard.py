@@ -10,9 +10,15 @@ before routing and refuses, Google-style:
 - an ``Origin`` other than the server's own (403): browsers send it on every
   cross-origin request and pages cannot forge it. No CORS headers are ever sent, so
   a foreign page can neither read an answer nor pass a preflight;
+- a request whose ``Sec-Fetch-Site`` says another site sent it (403): browsers add it
+  even where they leave ``Origin`` out (a ``no-cors`` GET), and programs never send it;
 - a write whose body is not declared ``application/json`` (415), because a simple
   cross-origin request (no preflight) can only send ``text/plain``, a form or a blob.
   The resumable upload protocol's chunk requests carry raw bytes and are exempt.
+
+Every answer carries ``Cross-Origin-Resource-Policy: same-origin`` and
+``X-Content-Type-Options: nosniff``, so even an opaque cross-site load of a response
+never lands in another site's renderer.
 
 ``X-Forwarded-Proto``, ``-Host`` and ``-For`` are believed only from a peer in
 ``server.trusted_proxies``; then they replace the scheme, the Host header and the
@@ -26,7 +32,7 @@ import ipaddress
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from overnight.api.errors import error_response
 from overnight.config import ServerSettings
@@ -34,6 +40,12 @@ from overnight.config import ServerSettings
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Sec-Fetch-Site values of requests a page on another site cannot have made
+OWN_SITE = frozenset({"same-origin", "none"})
+SAFE_HEADERS = [
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"x-content-type-options", b"nosniff"),
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,12 +107,18 @@ class Guard:
         client = scope.get("client")
         if self.proxies and client and self._trusted(client[0]):
             scope = self._forwarded(scope)
+
+        async def send_safe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *SAFE_HEADERS]}
+            await send(message)
+
         refusal = self._refusal(scope)
         if refusal is not None:
             code, message = refusal
-            await error_response(code, message)(scope, receive, send)
+            await error_response(code, message)(scope, receive, send_safe)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_safe)
 
     # ---- forwarded headers
 
@@ -151,6 +169,14 @@ class Guard:
                 403,
                 f"cross-origin requests are refused (Origin {origin!r}): this API is not "
                 "for web pages on other sites; call it from a program or the command line",
+            )
+        site = headers.get(b"sec-fetch-site")
+        if site is not None and site.strip().lower() not in OWN_SITE:
+            return (
+                403,
+                f"requests sent by a web page on another site are refused (Sec-Fetch-Site "
+                f"{site!r}): this API is not for web pages on other sites; call it from a "
+                "program or the command line",
             )
         if scope["method"] in WRITE_METHODS and not _raw_upload(scope, headers):
             content_type = headers.get(b"content-type")
