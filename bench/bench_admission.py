@@ -69,7 +69,7 @@ async def measure(src: Path, database_url: str | None) -> dict[str, float]:
     await worker.step()  # exactly one unit of work: the admission of this batch
     t2 = time.perf_counter()
     batch = await svc.batches.get(None, batch.id)
-    shards = len(await svc.store.list_shards(batch.id))
+    shards = len(await svc.store.queue.list_shards(batch.id))
     await svc.close()
     assert batch.admitted, batch
     return {

@@ -15,6 +15,7 @@ from overnight.errors import ConfigError
 from overnight.services.batches import BatchService
 from overnight.services.files import FileService
 from overnight.services.generation import GenerationService
+from overnight.services.runs import RunService
 from overnight.store.sql import SqlStore
 
 
@@ -28,11 +29,12 @@ class Services:
     files: FileService
     batches: BatchService
     generation: GenerationService
+    runs: RunService
 
     def worker(self, scope: WorkerScope | None = None, **kwargs: object) -> Worker:
         """A worker over this process's store, blobs and started backends."""
         return Worker(
-            store=self.store,
+            queue=self.store.queue,
             blobs=self.blobs,
             pool=self.pool,
             settings=self.settings.engine,
@@ -60,10 +62,11 @@ async def build_services(settings: Settings) -> Services:
     if reserve is not None:
         await asyncio.to_thread(reserve.keep)
     files = FileService(
-        store, blobs, retention_s=settings.server.file_retention_hours * 3600, reserve=reserve
+        store.files, blobs, retention_s=settings.server.file_retention_hours * 3600, reserve=reserve
     )
     batches = BatchService(
-        store, blobs, catalog, files, expiry_s=settings.engine.batch_expiry_hours * 3600
+        store.batches, blobs, catalog, files, expiry_s=settings.engine.batch_expiry_hours * 3600
     )
     generation = GenerationService(catalog, pool)
-    return Services(settings, store, blobs, catalog, pool, files, batches, generation)
+    runs = RunService(catalog, files, batches)
+    return Services(settings, store, blobs, catalog, pool, files, batches, generation, runs)

@@ -28,7 +28,7 @@ def test_single_user_mode_accepts_any_key_or_none(tmp_path: Path) -> None:
         services, client = await _client(tmp_path)
         async with client:
             assert (await client.get("/healthz")).status_code == 200
-            assert await services.store.count_api_keys() == 0
+            assert await services.store.keys.count_api_keys() == 0
             auth = client._transport.app.state.auth  # type: ignore[attr-defined]
             assert await auth.tenant(None) == "default"
             assert await auth.tenant("anything") == "default"
@@ -42,9 +42,9 @@ def test_configured_keys_are_required_and_name_the_tenant(
 ) -> None:
     async def go() -> None:
         services, client = await _client(tmp_path, database_url)
-        key = await create_key(services.store, "alice")
+        key = await create_key(services.store.keys, "alice")
         assert key.startswith("ovn_") and len(key) > 30
-        assert await services.store.tenant_for_key(hash_key(key)) == "alice"
+        assert await services.store.keys.tenant_for_key(hash_key(key)) == "alice"
         auth = client._transport.app.state.auth  # type: ignore[attr-defined]
         auth._keys_checked = 0.0  # the 2 s cache: a key created just now counts at once here
         assert await auth.tenant(key) == "alice"
@@ -69,7 +69,7 @@ def test_configured_keys_are_required_and_name_the_tenant(
 def test_only_hashes_are_stored(tmp_path: Path) -> None:
     async def go() -> None:
         services, _ = await _client(tmp_path)
-        key = await create_key(services.store, "bob")
+        key = await create_key(services.store.keys, "bob")
         await services.close()
         raw = (tmp_path / "data" / "overnight.db").read_bytes()
         wal = tmp_path / "data" / "overnight.db-wal"
@@ -86,7 +86,7 @@ def test_bad_tenant_names_are_refused(tmp_path: Path) -> None:
         from overnight.errors import OvernightError
 
         with pytest.raises(OvernightError, match="must be 1-128"):
-            await create_key(services.store, "no spaces please")
+            await create_key(services.store.keys, "no spaces please")
         await services.close()
 
     asyncio.run(go())

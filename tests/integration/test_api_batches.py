@@ -407,8 +407,8 @@ def test_oversize_without_content_length(tmp_path: Path) -> None:
 
 def test_tenant_isolation(tmp_path: Path) -> None:
     async def fn(client: httpx.AsyncClient, services: Services) -> None:
-        alice = {"x-goog-api-key": await create_key(services.store, "alice")}
-        bob = {"x-goog-api-key": await create_key(services.store, "bob")}
+        alice = {"x-goog-api-key": await create_key(services.store.keys, "alice")}
+        bob = {"x-goog-api-key": await create_key(services.store.keys, "bob")}
         error(await client.get("/v1/batches"), 401)
         created = ok(
             await client.post(

@@ -25,7 +25,7 @@ from overnight.api.server import create_app
 from overnight.app import Services, build_services
 from overnight.config import load_settings
 from overnight.domain.batches import BatchKind
-from overnight.domain.files import File, FileSource, FileState
+from overnight.domain.files import File
 
 Client = httpx.AsyncClient
 
@@ -125,22 +125,17 @@ async def generated_file(services: Services, data: bytes, tenant: str = "default
     writer = services.blobs.open_write(key)
     writer.write(data)
     size, digest = writer.commit()
-    now = time.time()
-    file = File(
+    file = File.generated(
         id=f"gen{len(data)}",
         tenant=tenant,
         display_name="responses",
-        mime_type="application/jsonl",
         size_bytes=size,
         sha256=digest,
         blob_key=key,
-        source=FileSource.GENERATED,
-        state=FileState.ACTIVE,
-        create_time=now,
-        update_time=now,
-        expire_time=None,
+        now=time.time(),
+        retention_s=None,
     )
-    await services.store.create_file(file)
+    await services.store.files.create_file(file)
     return file
 
 
@@ -294,7 +289,7 @@ def test_unknown_and_expired_sessions(tmp_path: Path) -> None:
 def test_chunks_need_no_api_key(tmp_path: Path) -> None:
     @scenario(tmp_path)
     async def _(services: Services, client: Client) -> None:
-        key = await create_key(services.store, "alice")
+        key = await create_key(services.store.keys, "alice")
         error(await start(client, 3), 401, "UNAUTHENTICATED")
         started = await start(client, 3, headers={"x-goog-api-key": key})
         url = started.headers["x-goog-upload-url"]
@@ -336,8 +331,8 @@ def test_list_pages(tmp_path: Path, database_url: str) -> None:
 def test_other_tenants_files_are_not_found(tmp_path: Path) -> None:
     @scenario(tmp_path)
     async def _(services: Services, client: Client) -> None:
-        alice = {"x-goog-api-key": await create_key(services.store, "alice")}
-        bob = {"x-goog-api-key": await create_key(services.store, "bob")}
+        alice = {"x-goog-api-key": await create_key(services.store.keys, "alice")}
+        bob = {"x-goog-api-key": await create_key(services.store.keys, "bob")}
         file = await upload(client, b"secret", headers=alice)
         generated = await generated_file(services, b"alice's results", tenant="alice")
         for name in (file["name"], generated.name):

@@ -49,7 +49,7 @@ def test_batch_runs_in_input_order_with_counters(tmp_path: Path, database_url: s
         )
         usage = sum(line["response"]["usageMetadata"]["totalTokenCount"] for line in lines)
         assert usage == batch.usage.total_tokens > 0
-        assert len(await svc.store.list_shards(batch.id)) == 8
+        assert len(await svc.store.queue.list_shards(batch.id)) == 8
         await svc.close()
 
     asyncio.run(go())
@@ -233,7 +233,7 @@ def test_expired_lease_is_recovered_and_counted_once(tmp_path: Path, database_ur
         first = svc.worker(owner="elsewhere:1:x")
         assert await first.step()  # admission
         now = time.time()
-        stolen = await svc.store.lease_shard(
+        stolen = await svc.store.queue.lease_shard(
             "elsewhere:1:x", "ghost", now=now, lease_until=now + 0.5
         )
         assert stolen is not None
@@ -242,7 +242,9 @@ def test_expired_lease_is_recovered_and_counted_once(tmp_path: Path, database_ur
         lines = await output_lines(svc, batch)
         assert sorted(line["key"] for line in lines) == sorted(f"k{i}" for i in range(20))
         assert batch.succeeded_count == 20
-        shard = next(s for s in await svc.store.list_shards(created.id) if s.seq == stolen.seq)
+        shard = next(
+            s for s in await svc.store.queue.list_shards(created.id) if s.seq == stolen.shard.seq
+        )
         assert shard.attempts == 0  # a lease lost to a crash is not a failed attempt
         await svc.close()
 
@@ -259,7 +261,7 @@ def test_dead_local_process_leases_are_freed_at_once(tmp_path: Path, database_ur
 
         dead_owner = f"{socket.gethostname()}:999999:dead"  # no such pid
         now = time.time()
-        assert await svc.store.lease_shard(dead_owner, "t", now=now, lease_until=now + 3600)
+        assert await svc.store.queue.lease_shard(dead_owner, "t", now=now, lease_until=now + 3600)
         batch = await drive(svc, created.id, timeout=10)
         assert batch.state is BatchState.SUCCEEDED
         await svc.close()
@@ -433,7 +435,7 @@ def test_persistently_failing_backend_answers_lines_with_the_error(
         assert "CUDA kernel image not found" in lines["a"]["message"]
         assert lines["a"]["status"] == "INTERNAL"
         assert "invalid JSON" in lines["line:2"]["message"]  # its own problem, not the backend's
-        (shard,) = await svc.store.list_shards(batch.id)
+        (shard,) = await svc.store.queue.list_shards(batch.id)
         assert shard.attempts == 2
         await svc.close()
 

@@ -86,11 +86,11 @@ def test_deleting_the_input_of_a_running_batch_is_refused(
             "default", model="echo", kind=BatchKind.GENERATE, file_id=file["name"]
         )
         now = time.time()
-        claimed = await services.store.claim_batch_work(
+        claimed = await services.store.queue.claim_batch_work(
             "w", now=now, lease_until=now + 60, batch_id=batch.id
         )
         assert claimed is not None
-        assert await services.store.admit(
+        assert await services.store.queue.admit(
             batch.id, "w", [ShardSpec(0, 0, len(LINE), 1, 1)], now=now
         )
         refused = await client.delete(f"/v1/{file['name']}")
@@ -159,8 +159,8 @@ def test_a_finalize_that_loses_the_name_leaves_the_winners_bytes(
         # name finishes while this session is open
         winner = await services.files.create_from_chunks("default", [b"first"])
         moved = replace(winner, id="report")
-        await services.store.delete_file(winner.id, "default")
-        await services.store.create_file(moved)
+        await services.store.files.delete_file(winner.id, "default")
+        await services.store.files.create_file(moved)
         with pytest.raises(AlreadyExists, match="files/report already exists"):
             await uploads.append(token, 0, body(b"later"), finalize=True)
         assert services.blobs.path(moved.blob_key).read_bytes() == b"first"
@@ -204,8 +204,8 @@ def test_conflicting_chunk_replay_is_refused_and_identical_replay_accepted(
 def test_file_names_are_per_tenant(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url)
     async def _(services: Services, client: Client) -> None:
-        alice = {"x-goog-api-key": await create_key(services.store, "alice")}
-        bob = {"x-goog-api-key": await create_key(services.store, "bob")}
+        alice = {"x-goog-api-key": await create_key(services.store.keys, "alice")}
+        bob = {"x-goog-api-key": await create_key(services.store.keys, "bob")}
         mine = await upload(client, LINE, file={"name": "files/report"}, headers=alice)
         other = line("b", "bob's")
         theirs = await upload(client, other, file={"name": "files/report"}, headers=bob)
@@ -222,7 +222,7 @@ def test_file_names_are_per_tenant(tmp_path: Path, database_url: str) -> None:
         batch = await services.batches.create_from_file(
             "bob", model="echo", kind=BatchKind.GENERATE, file_id="files/report"
         )
-        input_key, _ = await services.store.batch_input(batch.id)
+        input_key, _ = await services.store.batches.batch_input(batch.id)
         assert services.blobs.path(input_key).read_bytes() == other
         done = await drive(services, batch.id)
         assert done.output_file_id is not None

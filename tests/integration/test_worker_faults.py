@@ -135,7 +135,7 @@ def test_finalize_failure_fails_only_that_batch(
         # A file row already holds the id the responses file is to get.
         some = await svc.files.get("alice", poisoned.input_file_id or "")
         squatter = dataclasses.replace(some, id=output_file_id(poisoned.id))
-        await svc.store.create_file(squatter)
+        await svc.store.files.create_file(squatter)
         async with working(svc):
             poisoned, other = await finished(svc, poisoned, other)
             late = await submit(svc, "bob", "c", 4, model="echo")
@@ -185,7 +185,7 @@ def test_unexpected_error_is_logged_contained_and_others_run(
         assert (broken.succeeded_count, broken.failed_count) == (0, 3)
         lines = await output_lines(svc, broken)
         assert all("the kernel fell over" in line["error"]["message"] for line in lines)
-        assert [s.attempts for s in await svc.store.list_shards(broken.id)] == [2, 2]
+        assert [s.attempts for s in await svc.store.queue.list_shards(broken.id)] == [2, 2]
         logged = [r for r in caplog.records if r.exc_info and broken.id in r.getMessage()]
         assert logged, "the error was not logged with its batch"
         assert logged[0].getMessage().startswith(f"batches/{broken.id} shard ")
@@ -222,15 +222,17 @@ def test_leases_lost_to_crashes_are_not_failed_attempts(tmp_path: Path, database
         for crash in range(3):  # three workers on other hosts die holding the shard
             now = time.time()
             owner = f"elsewhere:{crash}:x"
-            assert await svc.store.lease_shard(owner, f"t{crash}", now=now, lease_until=now + 60)
-            await svc.store.release_owner(owner)
+            assert await svc.store.queue.lease_shard(
+                owner, f"t{crash}", now=now, lease_until=now + 60
+            )
+            await svc.store.queue.release_owner(owner)
         backend = FailsOnce()
         svc.pool.add("echo", backend)  # type: ignore[arg-type]
         async with working(svc):
             (batch,) = await finished(svc, batch)
         assert backend.failed
         await assert_every_key_once(svc, batch, "a", 2)  # retried, not answered with errors
-        assert [s.attempts for s in await svc.store.list_shards(batch.id)] == [1]
+        assert [s.attempts for s in await svc.store.queue.list_shards(batch.id)] == [1]
         await svc.close()
 
     asyncio.run(go())

@@ -1,8 +1,10 @@
-"""LocalBlobStore: atomic writes, ranged reads, prefix deletes, safe keys."""
+"""LocalBlobStore: atomic writes, ranged reads, prefix deletes, safe keys, staged blobs."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from tests.helpers import mounted_tmpfs
 
 from overnight.blobs.local import TMP_MARK, LocalBlobStore
 from overnight.blobs.space import SpaceReserve
-from overnight.errors import BlobError, StorageFull
+from overnight.errors import BlobError, BlobNotFound, StorageFull
 
 
 def files_under(root: Path) -> list[Path]:
@@ -160,6 +162,111 @@ def test_unusable_root_is_a_blob_error(tmp_path: Path) -> None:
         LocalBlobStore(blocker / "blobs")
 
 
+# ---------------------------------------------------------------- staged blobs
+
+
+def test_a_staged_blob_is_appended_then_published(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    staged = store.staged("uploads/s.part")
+    staged.create()
+    staged.append(0, b"hello ")
+    staged.append(6, b"world")
+    assert staged.read_range(3, 8) == b"lo wo"
+    assert staged.sha256() == hashlib.sha256(b"hello world").hexdigest()
+    with pytest.raises(BlobNotFound):
+        store.open_read("files/t/a")  # nothing under the final key until publish
+    staged.publish("files/t/a")
+    assert read(store, "files/t/a") == b"hello world"
+    assert files_under(store.root) == [store.path("files/t/a")]
+    with pytest.raises(BlobNotFound, match=r"uploads/s\.part"):
+        staged.append(11, b"!")
+
+
+def test_an_append_drops_a_torn_tail(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    staged = store.staged("uploads/s.part")
+    staged.create()
+    staged.append(0, b"abcdef")
+    staged.append(3, b"XY")  # a chunk resumed at offset 3: "def" was never acknowledged
+    assert read(store, "uploads/s.part") == b"abcXY"
+    staged.truncate(2)
+    assert read(store, "uploads/s.part") == b"ab"
+    staged.create()  # starts over, empty
+    assert store.size("uploads/s.part") == 0
+
+
+def test_a_missing_staged_blob_is_blob_not_found(tmp_path: Path) -> None:
+    staged = LocalBlobStore(tmp_path / "blobs").staged("uploads/none.part")
+    for call in (
+        lambda: staged.append(0, b"x"),
+        lambda: staged.truncate(0),
+        lambda: staged.read_range(0, 1),
+        staged.sha256,
+        lambda: staged.publish("files/t/x"),
+    ):
+        with pytest.raises(BlobNotFound):
+            call()
+
+
+def test_publish_never_replaces_a_blob(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    put(store, "files/t/a", b"theirs")
+    staged = store.staged("uploads/s.part")
+    staged.create()
+    staged.append(0, b"mine")
+    with pytest.raises(BlobError, match="already there"):
+        staged.publish("files/t/a")
+    assert read(store, "files/t/a") == b"theirs"
+    assert read(store, "uploads/s.part") == b"mine"  # still staged: nothing was lost
+
+
+def test_publish_without_hard_links_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(*_: object) -> None:
+        raise OSError(errno.EPERM, "hard links are not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = LocalBlobStore(tmp_path / "blobs")
+    put(store, "files/t/taken", b"theirs")
+    staged = store.staged("uploads/s.part")
+    staged.create()
+    staged.append(0, b"mine")
+    with pytest.raises(BlobError, match="already there"):
+        staged.publish("files/t/taken")
+    staged.publish("files/t/a")
+    assert read(store, "files/t/a") == b"mine"
+    assert read(store, "files/t/taken") == b"theirs"
+    assert not store.path("uploads/s.part").exists()
+
+
+def test_an_interrupted_publish_finishes_when_repeated(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    staged = store.staged("uploads/s.part")
+    staged.create()
+    staged.append(0, b"bytes")
+    store.path("files/t").mkdir(parents=True)
+    os.link(store.path("uploads/s.part"), store.path("files/t/a"))  # crashed before unlink
+    staged.publish("files/t/a")
+    assert read(store, "files/t/a") == b"bytes"
+    assert files_under(store.root) == [store.path("files/t/a")]
+
+
+def test_reclaim_stages_published_bytes_again(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    staged = store.staged("uploads/s.part")
+    staged.reclaim("files/t/a")  # nothing published, nothing staged: nothing to do
+    assert files_under(store.root) == []
+    staged.create()
+    staged.append(0, b"bytes")
+    staged.publish("files/t/a")
+    staged.reclaim("files/t/a")
+    assert files_under(store.root) == [store.path("uploads/s.part")]
+    staged.append(5, b" more")
+    staged.reclaim("files/t/a")  # bytes are staged: left as they are
+    assert read(store, "uploads/s.part") == b"bytes more"
+
+
 # ----------------------------------------------------------------- full disk
 
 
@@ -177,6 +284,32 @@ def test_a_full_disk_is_storage_full_and_leaves_no_partial_blob(tmp_path: Path) 
         assert files_under(disk) == []
         put(store, "files/small", b"fits")  # the space is usable again at once
         assert read(store, "files/small") == b"fits"
+
+
+def test_a_full_disk_cuts_a_staged_append_back(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = LocalBlobStore(disk / "blobs")
+        staged = store.staged("uploads/s.part")
+        staged.create()
+        staged.append(0, b"kept")
+        with pytest.raises(StorageFull) as full:
+            staged.append(4, b"x" * (2 * 1024 * 1024))
+        assert str(disk / "blobs") in full.value.message
+        assert read(store, "uploads/s.part") == b"kept"  # the failed append's bytes are gone
+        staged.append(4, b" more")  # the space is usable again at once
+        staged.publish("files/t/a")
+        assert read(store, "files/t/a") == b"kept more"
+
+
+def test_a_first_append_on_a_full_disk_leaves_the_staged_blob_empty(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = LocalBlobStore(disk / "blobs")
+        staged = store.staged("uploads/s.part")
+        staged.create()
+        fill(disk / "filler")
+        with pytest.raises(StorageFull):
+            staged.append(0, b"x" * 65536)
+        assert store.size("uploads/s.part") == 0
 
 
 def test_the_space_reserve_is_released_and_kept_again(tmp_path: Path) -> None:

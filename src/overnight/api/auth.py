@@ -17,7 +17,7 @@ import secrets
 import time
 
 from overnight.errors import OvernightError, Unauthenticated
-from overnight.store.sql import SqlStore
+from overnight.store.base import KeyStore
 
 SINGLE_USER_TENANT = "default"
 KEY_PREFIX = "ovn_"
@@ -36,7 +36,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def create_key(store: SqlStore, tenant: str) -> str:
+async def create_key(store: KeyStore, tenant: str) -> str:
     """Make a new key for ``tenant``; only its hash is stored. Returns the key."""
     if not tenant or len(tenant) > 128 or not tenant.replace("-", "").replace("_", "").isalnum():
         raise OvernightError(f"tenant name {tenant!r} must be 1-128 letters, digits, '-' or '_'")
@@ -50,7 +50,7 @@ class Authenticator:
 
     CACHE_S = 2.0
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: KeyStore) -> None:
         self.store = store
         self._keys_checked = 0.0
         self._have_keys = False

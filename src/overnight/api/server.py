@@ -33,7 +33,7 @@ def create_app(services: Services, *, bind_host: str | None = None) -> FastAPI:
         description="A self-hosted Batch Mode for language models, speaking the Gemini API.",
     )
     app.state.services = services
-    app.state.auth = Authenticator(services.store)
+    app.state.auth = Authenticator(services.store.keys)
     install_error_handlers(app)
     for module in (upload, files, batches, models):
         app.include_router(module.router)

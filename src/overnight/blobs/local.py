@@ -5,13 +5,19 @@ renames it over the key, so a crash leaves either the old blob or the new one, n
 a torn file. A crashed writer can leave its temporary behind; it is never read, and
 shard temporaries go when their batch's ``batches/<id>/`` prefix is deleted.
 
+A staged blob (``LocalStagedBlob``) is a plain file under its staging key, appended
+in place; ``publish`` fsyncs it and links it under its final key (never over another
+blob), then unlinks the staging name.
+
 A full disk (ENOSPC) raises ``StorageFull`` and removes the temporary, so a failed
-write never leaves a partial file taking the space that is short.
+write never leaves a partial file taking the space that is short; a failed append
+cuts the staged file back to where it began.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -23,6 +29,9 @@ from overnight.blobs.space import is_no_space, storage_full
 from overnight.errors import BlobError, BlobNotFound
 
 TMP_MARK = ".tmp-"
+READ_CHUNK = 1 << 20
+# link(2) errors of filesystems without hard links
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 class LocalBlobWriter:
@@ -78,6 +87,97 @@ class LocalBlobWriter:
             self.abort()
 
 
+class LocalStagedBlob:
+    """A staged blob: the file at ``path`` (see ``blobs.base.StagedBlob``)."""
+
+    def __init__(self, store: LocalBlobStore, key: str) -> None:
+        self.key = key
+        self._store = store
+        self._path = store.path(key)
+
+    def create(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._path, "wb"):
+                pass
+        except OSError as exc:
+            self._path.unlink(missing_ok=True)
+            raise self._store.failed(exc) from None
+
+    def append(self, offset: int, data: bytes) -> None:
+        try:
+            with open(self._path, "r+b") as f:
+                f.truncate(offset)
+                f.seek(offset)
+                f.write(data)
+        except FileNotFoundError:
+            raise self._missing() from None
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # the next append truncates again
+                os.truncate(self._path, offset)
+            raise self._store.failed(exc) from None
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.truncate(self._path, size)
+        except FileNotFoundError:
+            raise self._missing() from None
+        except OSError as exc:
+            raise self._store.failed(exc) from None
+
+    def read_range(self, start: int, end: int) -> bytes:
+        return self._store.read_range(self.key, start, end)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with self._store.open_read(self.key) as f:
+            while chunk := f.read(READ_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def publish(self, key: str) -> None:
+        target = self._store.path(key)
+        try:
+            with open(self._path, "rb+") as f:
+                os.fsync(f.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _move_new(self._path, target)
+        except FileNotFoundError:
+            raise self._missing() from None
+        except OSError as exc:
+            raise self._store.failed(exc) from None
+
+    def reclaim(self, key: str) -> None:
+        published = self._store.path(key)
+        if not self._path.exists() and published.exists():
+            os.replace(published, self._path)
+
+    def _missing(self) -> BlobNotFound:
+        return BlobNotFound(f"no upload bytes are staged under {self.key} in {self._store.root}")
+
+
+def _move_new(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, never replacing a file already there.
+
+    A hard link then an unlink: the link fails rather than replace. A ``target`` that
+    already is ``source`` (a move interrupted between the two) is finished. Where the
+    filesystem has no hard links, ``target`` is checked to be free, then renamed over.
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        if not os.path.samefile(source, target):
+            raise BlobError(f"cannot publish to {target}: a blob is already there") from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if target.exists():
+            raise BlobError(f"cannot publish to {target}: a blob is already there") from None
+        os.replace(source, target)
+        return
+    source.unlink()
+
+
 class LocalBlobStore:
     """A directory of blobs. Keys are relative POSIX paths."""
 
@@ -95,6 +195,13 @@ class LocalBlobStore:
 
     def open_write(self, key: str) -> LocalBlobWriter:
         return LocalBlobWriter(self.path(key), self.root)
+
+    def staged(self, key: str) -> LocalStagedBlob:
+        return LocalStagedBlob(self, key)
+
+    def failed(self, exc: OSError) -> Exception:
+        """``StorageFull`` for a full disk; any other I/O error as it is."""
+        return storage_full(self.root) if is_no_space(exc) else exc
 
     def open_read(self, key: str) -> BinaryIO:
         try:

@@ -211,7 +211,7 @@ def keys_create(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await SqlStore.open(settings.resolved_database_url)
         try:
-            return await create_key(store, name)
+            return await create_key(store.keys, name)
         finally:
             await store.close()
 

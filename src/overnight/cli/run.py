@@ -1,8 +1,8 @@
 """``overnight run``: process one JSONL file locally, resumably.
 
-The input is imported into the blob store once and a batch is created with a
-``ref`` derived from the input path, model and kind. Running the same command again
-finds that batch and continues it: committed shards are never redone. Leases held
+``services.runs`` finds the batch of an interrupted run of the same input, model and
+kind, or imports the input and creates one; this module drives it to the end with a
+progress bar and writes the output. Committed shards are never redone. Leases held
 by a killed run are freed at once (their process is gone), so a rerun does not
 wait for them to expire.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from overnight.cli.progress import RunProgress
 from overnight.domain.batches import Batch, BatchKind, BatchState
 from overnight.engine.worker import WorkerScope
 from overnight.errors import FailedPrecondition, OvernightError
-
-TENANT = "local"
 
 
 @dataclass(frozen=True)
@@ -50,70 +47,18 @@ class RunSummary:
     load_s: float = 0.0  # model start-up, excluded from the rates
 
 
-def _ref(path: Path, model: str, kind: BatchKind) -> str:
-    digest = hashlib.sha256(f"{path}\0{model}\0{kind.value}".encode()).hexdigest()
-    return f"run:{digest[:40]}"
-
-
-def _stamp(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-async def _find_or_create(svc: Services, req: RunRequest, console: Console) -> Batch:
-    catalog = svc.catalog
-    if req.model is None:
-        kind = req.kind or BatchKind.GENERATE
-        entry = catalog.default_for(kind)
-    else:
-        kind = req.kind or catalog.resolve(req.model).default_kind
-        entry = catalog.resolve_for(req.model, kind)
-    path = req.input.resolve()
-    if not path.is_file():
-        raise FailedPrecondition(f"input {req.input} does not exist or is not a file")
-    ref = _ref(path, entry.name, kind)
-    stamp = _stamp(path)
-    batch = await svc.store.find_batch_by_ref(ref)
-    if batch is not None:
-        _, notes = await svc.store.batch_input(batch.id)
-        changed = notes.get("input") != stamp
-        stale = batch.state in (BatchState.CANCELLED, BatchState.EXPIRED, BatchState.FAILED)
-        if req.restart or changed or stale:
-            if not req.restart:
-                why = (
-                    "changed since the interrupted run started"
-                    if changed
-                    else f"was last run as batch {batch.id}, which ended {batch.state.value}"
-                )
-                raise FailedPrecondition(
-                    f"{req.input} {why} ({batch.done_count} of {batch.request_count} requests done). "
-                    "Re-run with --restart to start over."
-                )
-            await svc.batches.delete(None, batch.id)
-            batch = None
-        else:
-            console.print(
-                f"Resuming batch {batch.id}: {batch.done_count} of {batch.request_count or '?'} "
-                "requests already done."
-            )
-    if batch is None:
-        file = await svc.files.import_path(TENANT, path)
-        batch = await svc.batches.create_from_file(
-            TENANT,
-            model=entry.name,
-            kind=kind,
-            file_id=file.id,
-            display_name=f"overnight run {path.name}",
-            ref=ref,
-            annotations={"input": stamp, "path": str(path)},
-        )
-    return batch
-
-
 async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSummary:
     """Run (or resume) ``req.input`` to completion and write ``req.output``."""
     started = time.monotonic()
-    batch = await _find_or_create(svc, req, console)
+    run = await svc.runs.resume_or_create(
+        req.input, model=req.model, kind=req.kind, restart=req.restart
+    )
+    batch = run.batch
+    if run.resumed:
+        console.print(
+            f"Resuming batch {batch.id}: {batch.done_count} of {batch.request_count or '?'} "
+            "requests already done."
+        )
     processed = generated = 0
     load_s = 0.0
     if not batch.finalized:

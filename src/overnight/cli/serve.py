@@ -56,7 +56,7 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
     from overnight.api.gemini.upload import upload_service_for
     from overnight.api.server import create_app
 
-    if not is_loopback(host) and await services.store.count_api_keys() == 0:
+    if not is_loopback(host) and await services.store.keys.count_api_keys() == 0:
         check_bind(services, host)
     app = create_app(services, bind_host=host)
     # Forwarded headers are believed only from server.trusted_proxies (api/guard.py).

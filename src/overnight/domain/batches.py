@@ -113,6 +113,49 @@ class Batch:
     admitted: bool
     finalized: bool
 
+    @classmethod
+    def new(
+        cls,
+        *,
+        id: str,
+        tenant: str,
+        kind: BatchKind,
+        model: str,
+        model_resolved: str,
+        input_file_id: str | None,
+        inline: bool,
+        now: float,
+        expiry_s: float,
+        display_name: str = "",
+        ref: str | None = None,
+    ) -> Batch:
+        """A batch just created: PENDING, not yet admitted, no counts; it expires
+        ``expiry_s`` after ``now`` unless it ends first."""
+        return cls(
+            id=id,
+            tenant=tenant,
+            kind=kind,
+            model=model,
+            model_resolved=model_resolved,
+            display_name=display_name,
+            state=BatchState.PENDING,
+            input_file_id=input_file_id,
+            inline=inline,
+            output_file_id=None,
+            request_count=0,
+            succeeded_count=0,
+            failed_count=0,
+            usage=Usage(),
+            create_time=now,
+            update_time=now,
+            end_time=None,
+            expire_time=now + expiry_s,
+            error=None,
+            ref=ref,
+            admitted=False,
+            finalized=False,
+        )
+
     @property
     def name(self) -> str:
         return f"batches/{self.id}"
@@ -161,3 +204,29 @@ class ShardOutcome:
     succeeded: int
     failed: int
     usage: Usage
+
+
+class BatchWork(enum.Enum):
+    """What a worker that claimed a batch does with it next."""
+
+    ADMIT = "admit"  # PENDING: stream the input once and cut shards
+    FINALIZE = "finalize"  # no shard left to run: build the responses file, end the batch
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedShard:
+    """A leased shard with everything needed to run it, read in the lease's transaction.
+
+    ``batch`` is the batch as it was when the lease was taken (RUNNING, not overdue);
+    ``input_key`` is the blob holding its input; the shard's bytes are
+    ``shard.byte_start``–``shard.byte_end`` of that blob.
+    """
+
+    shard: Shard
+    batch: Batch
+    input_key: str
+
+    @property
+    def byte_range(self) -> tuple[int, int]:
+        """The shard's ``[start, end)`` byte offsets in the input blob."""
+        return self.shard.byte_start, self.shard.byte_end

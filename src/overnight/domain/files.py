@@ -65,6 +65,70 @@ class File:
     update_time: float
     expire_time: float | None
 
+    @classmethod
+    def uploaded(
+        cls,
+        *,
+        id: str,
+        tenant: str,
+        display_name: str,
+        mime_type: str,
+        size_bytes: int,
+        sha256: str,
+        blob_key: str,
+        now: float,
+        retention_s: float | None,
+    ) -> File:
+        """A user's file, ACTIVE from ``now``; it expires ``retention_s`` later (None: never)."""
+        return cls(
+            id=id,
+            tenant=tenant,
+            display_name=display_name,
+            mime_type=mime_type,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            blob_key=blob_key,
+            source=FileSource.UPLOADED,
+            state=FileState.ACTIVE,
+            create_time=now,
+            update_time=now,
+            expire_time=_expiry(now, retention_s),
+        )
+
+    @classmethod
+    def generated(
+        cls,
+        *,
+        id: str,
+        tenant: str,
+        display_name: str,
+        size_bytes: int,
+        sha256: str,
+        blob_key: str,
+        now: float,
+        retention_s: float | None,
+        mime_type: str = "application/jsonl",
+    ) -> File:
+        """A file Overnight wrote (a batch's responses), ACTIVE and downloadable from ``now``."""
+        return cls(
+            id=id,
+            tenant=tenant,
+            display_name=display_name,
+            mime_type=mime_type,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            blob_key=blob_key,
+            source=FileSource.GENERATED,
+            state=FileState.ACTIVE,
+            create_time=now,
+            update_time=now,
+            expire_time=_expiry(now, retention_s),
+        )
+
     @property
     def name(self) -> str:
         return f"files/{self.id}"
+
+
+def _expiry(now: float, retention_s: float | None) -> float | None:
+    return None if retention_s is None else now + retention_s

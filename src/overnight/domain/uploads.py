@@ -12,7 +12,8 @@ class Upload:
     """One session. ``id`` is the SHA-256 of the URL's ``upload_id`` token, never the token.
 
     ``size_bytes`` is the declared size, or ``UNKNOWN_SIZE`` when the client declared
-    none; ``received`` counts the bytes already appended to the staging blob.
+    none; ``received`` counts the bytes already appended to the staged blob (its key,
+    and the key finalize publishes it under, are in ``blobs.keys``).
     """
 
     id: str
@@ -23,13 +24,3 @@ class Upload:
     size_bytes: int
     received: int
     expire_time: float
-
-    @property
-    def staging_key(self) -> str:
-        return f"uploads/{self.id}.part"
-
-    @property
-    def blob_key(self) -> str:
-        """Where finalize puts the bytes: a key of this session's own, so that no two
-        uploads (even of one name, racing) ever write, or remove, the same blob."""
-        return f"files/{self.tenant}/{self.file_id}.{self.id[:16]}"

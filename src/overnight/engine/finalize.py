@@ -12,15 +12,12 @@ import asyncio
 import time
 
 from overnight.blobs.base import BlobStore
+from overnight.blobs.keys import responses_key, shards_prefix
 from overnight.domain.batches import Batch, BatchState, ShardState
-from overnight.domain.files import File, FileSource, FileState, responses_file_id
-from overnight.store.sql import SqlStore
+from overnight.domain.files import File, responses_file_id
+from overnight.store.base import WorkQueue
 
 COPY_CHUNK = 1 << 20
-
-
-def responses_key(batch_id: str) -> str:
-    return f"batches/{batch_id}/responses.jsonl"
 
 
 def output_file_id(batch_id: str) -> str:
@@ -42,7 +39,12 @@ def _concatenate(blobs: BlobStore, target: str, sources: list[str]) -> tuple[int
 
 
 async def finalize_batch(
-    store: SqlStore, blobs: BlobStore, batch: Batch, owner: str, *, retention_s: float | None = None
+    queue: WorkQueue,
+    blobs: BlobStore,
+    batch: Batch,
+    owner: str,
+    *,
+    retention_s: float | None = None,
 ) -> bool:
     """Build the output of a leased batch and record it. False if we lost the race."""
     now = time.time()
@@ -50,29 +52,25 @@ async def finalize_batch(
     output: File | None = None
     sources: list[str] = []
     if batch.admitted:
-        shards = await store.list_shards(batch.id)
+        shards = await queue.list_shards(batch.id)
         sources = [s.output_blob for s in shards if s.state is ShardState.DONE and s.output_blob]
         if sources or target is not None:
             key = responses_key(batch.id)
             size, digest = await asyncio.to_thread(_concatenate, blobs, key, sources)
-            output = File(
+            output = File.generated(
                 id=output_file_id(batch.id),
                 tenant=batch.tenant,
                 display_name=f"{batch.name} responses",
-                mime_type="application/jsonl",
                 size_bytes=size,
                 sha256=digest,
                 blob_key=key,
-                source=FileSource.GENERATED,
-                state=FileState.ACTIVE,
-                create_time=now,
-                update_time=now,
-                expire_time=None if retention_s is None else now + retention_s,
+                now=now,
+                retention_s=retention_s,
             )
-    won = await store.finalize(
+    won = await queue.finalize(
         batch.id, owner, now=now, output=output, target=target, done_shards=len(sources)
     )
     if won and output is not None:
         # The responses file now holds every shard's lines; the pieces can go.
-        await asyncio.to_thread(blobs.delete, f"batches/{batch.id}/shards/")
+        await asyncio.to_thread(blobs.delete, shards_prefix(batch.id))
     return won

@@ -21,6 +21,7 @@ import orjson
 
 from overnight.backends.base import LIVE_PROGRESS, Backend, check_embed, check_generate
 from overnight.blobs.base import BlobStore
+from overnight.blobs.keys import shard_output_key
 from overnight.domain.batches import Batch, BatchKind, Shard, ShardOutcome, Usage
 from overnight.domain.lines import LineError, RequestLine, parse_line
 from overnight.domain.requests import EmbedRequest, GenerateRequest
@@ -45,10 +46,6 @@ class _Slot:
     body: dict[str, Any] | None = None  # the wire response
     error: OvernightError | None = None
     size: int = 0
-
-
-def shard_output_key(batch_id: str, seq: int, token: str) -> str:
-    return f"batches/{batch_id}/shards/{seq:07d}-{token}.jsonl"
 
 
 def read_shard(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from overnight.blobs.base import BlobStore
 from overnight.config import EngineSettings
-from overnight.domain.batches import Batch, BatchState, Shard, ShardOutcome
+from overnight.domain.batches import Batch, BatchState, BatchWork, LeasedShard, Shard, ShardOutcome
 from overnight.engine.admission import Admission, cut_shards
 from overnight.engine.finalize import finalize_batch
 from overnight.engine.health import Backoff, Where, WorkerHealth, describe, is_infrastructure
@@ -44,7 +44,7 @@ from overnight.errors import (
     NotFound,
     RetryableError,
 )
-from overnight.store.sql import SqlStore
+from overnight.store.base import WorkQueue
 
 log = logging.getLogger("overnight.worker")
 
@@ -99,7 +99,7 @@ class WorkerScope:
 
 @dataclass
 class Worker:
-    store: SqlStore
+    queue: WorkQueue
     blobs: BlobStore
     pool: BackendPool
     settings: EngineSettings
@@ -119,7 +119,7 @@ class Worker:
         # Releases that failed (the database was down); retried before the next step.
         self._owed: list[Callable[[], Awaitable[object]]] = []
         self.health = WorkerHealth(
-            stall_seconds=self.settings.stall_seconds, waiting_since=self.store.waiting_since
+            stall_seconds=self.settings.stall_seconds, waiting_since=self.queue.waiting_since
         )
 
     # ----------------------------------------------------------------- running
@@ -146,7 +146,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.release_owner(self.owner))
+                await asyncio.shield(self.queue.release_owner(self.owner))
 
     async def _supervised(
         self,
@@ -219,7 +219,7 @@ class Worker:
             where.phase = "reaping"
             await self.reap()
             where.phase = "looking for work"
-        claimed = await self.store.claim_batch_work(
+        claimed = await self.queue.claim_batch_work(
             self.owner,
             now=now,
             lease_until=now + self.settings.lease_seconds,
@@ -227,21 +227,21 @@ class Worker:
             batch_id=self.scope.batch_id,
         )
         if claimed is not None:
-            batch, phase = claimed
-            where.phase = "admission" if phase == "admit" else "finalization"
+            batch, work = claimed
+            where.phase = "admission" if work is BatchWork.ADMIT else "finalization"
             where.batch_id = batch.id
             try:
-                if phase == "admit":
+                if work is BatchWork.ADMIT:
                     await self._admit(batch, where)
                 else:
                     await self._finalize(batch, where)
             except NotFound:
                 log.info("%s: the batch was deleted meanwhile", where)
             finally:
-                await self._release(lambda: self.store.release_batch(batch.id, self.owner))
+                await self._release(lambda: self.queue.release_batch(batch.id, self.owner))
             return True
         token = secrets.token_hex(8)
-        shard = await self.store.lease_shard(
+        lease = await self.queue.lease_shard(
             self.owner,
             token,
             now=now,
@@ -249,18 +249,18 @@ class Worker:
             models=self.scope.models,
             batch_id=self.scope.batch_id,
         )
-        if shard is None:
+        if lease is None:
             return False
-        where.phase, where.batch_id, where.seq = "shard", shard.batch_id, shard.seq
-        await self._run_shard(shard, token, stop, where)
+        where.phase, where.batch_id, where.seq = "shard", lease.shard.batch_id, lease.shard.seq
+        await self._run_shard(lease, token, stop, where)
         return True
 
     async def reap(self) -> None:
         """Expire overdue batches; free leases of dead processes on this host."""
-        await self.store.expire_batches(self.clock())
-        for owner in await self.store.lease_owners():
+        await self.queue.expire_batches(self.clock())
+        for owner in await self.queue.lease_owners():
             if owner != self.owner and owner_is_dead(owner):
-                released = await self.store.release_owner(owner)
+                released = await self.queue.release_owner(owner)
                 log.info("released %d shard lease(s) of dead worker %s", released, owner)
 
     # --------------------------------------------------------------- containment
@@ -286,12 +286,12 @@ class Worker:
         """Fail one batch for an error that is its own; nothing else is touched."""
         log.error("%s: failing the batch: %s", where, message)
         self.health.failed(BatchBroken(message), where)
-        await self.store.transition(batch.id, BatchState.FAILED, now=self.clock(), error=message)
+        await self.queue.transition(batch.id, BatchState.FAILED, now=self.clock(), error=message)
 
     # ---------------------------------------------------------------- admission
 
     async def _admit(self, batch: Batch, where: Where) -> None:
-        input_key, _ = await self.store.batch_input(batch.id)
+        input_key, _ = await self.queue.batch_input(batch.id)
         s = self.settings
 
         def scan() -> Admission:
@@ -320,16 +320,16 @@ class Worker:
                 if admission.request_count == 0
                 else f"the input holds no valid request line; first problem: {admission.first_error}"
             )
-            await self.store.transition(batch.id, BatchState.FAILED, now=now, error=why)
+            await self.queue.transition(batch.id, BatchState.FAILED, now=now, error=why)
             return
-        await self.store.admit(batch.id, self.owner, admission.shards, now=now)
+        await self.queue.admit(batch.id, self.owner, admission.shards, now=now)
 
     # ----------------------------------------------------------------- finalize
 
     async def _finalize(self, batch: Batch, where: Where) -> None:
         try:
             await finalize_batch(
-                self.store, self.blobs, batch, self.owner, retention_s=self.retention_s
+                self.queue, self.blobs, batch, self.owner, retention_s=self.retention_s
             )
         except Exception as exc:
             if is_infrastructure(exc):
@@ -350,7 +350,7 @@ class Worker:
             log.error("%s: failing the batch: %s", where, message)
             self.health.failed(BatchBroken(message), where)
             target = BatchState.FAILED if batch.state is BatchState.RUNNING else None
-            await self.store.finalize(
+            await self.queue.finalize(
                 batch.id, self.owner, now=self.clock(), output=None, target=target, error=message
             )
         if self.on_finalized is not None:
@@ -359,19 +359,20 @@ class Worker:
     # ------------------------------------------------------------------- shards
 
     async def _run_shard(
-        self, shard: Shard, token: str, stop: asyncio.Event | None, where: Where
+        self, lease: LeasedShard, token: str, stop: asyncio.Event | None, where: Where
     ) -> None:
+        shard = lease.shard
         held = _Held(shard, token)
         self._held[(shard.batch_id, shard.seq)] = held
         try:
-            outcome = await self._execute(held, stop, where)
+            outcome = await self._execute(lease, held, stop, where)
             if outcome is not None:
                 await self._commit(shard, token, outcome, stop, where)
         finally:
             self._held.pop((shard.batch_id, shard.seq), None)
 
     async def _execute(
-        self, held: _Held, stop: asyncio.Event | None, where: Where
+        self, lease: LeasedShard, held: _Held, stop: asyncio.Event | None, where: Where
     ) -> ShardOutcome | None:
         """Run a leased shard; None if it was given back (or its batch failed).
 
@@ -381,12 +382,9 @@ class Worker:
         requests with the error instead.
         """
         shard, token = held.shard, held.token
-        batch: Batch | None = None
-        input_key = ""
+        batch, input_key = lease.batch, lease.input_key
         give_back = True
         try:
-            batch = await self.store.get_batch(shard.batch_id)
-            input_key, _ = await self.store.batch_input(batch.id)
             backend = await self.pool.get(batch.model_resolved)
 
             async def should_stop() -> bool:
@@ -410,17 +408,15 @@ class Worker:
         except (ShardAbandoned, NotFound):
             return None  # stopped at a boundary, or the batch was deleted meanwhile
         except BlobNotFound:
-            if batch is None:
-                raise
             await self._fail_batch(batch, _input_gone(batch, "while the batch ran"), where)
             return None
         except Exception as exc:
             # The runner turns its own blob I/O errors into BlobError or StorageFull, so
             # a bare OSError here came from the backend: a failed attempt.
             infrastructure = is_infrastructure(exc) and not isinstance(exc, OSError)
-            if batch is None or infrastructure or isinstance(exc, RetryableError):
+            if infrastructure or isinstance(exc, RetryableError):
                 raise
-            attempts = await self.store.count_failed_attempt(shard.batch_id, shard.seq, token)
+            attempts = await self.queue.count_failed_attempt(shard.batch_id, shard.seq, token)
             limit = self.settings.max_shard_attempts
             if attempts is None or attempts < limit:
                 raise
@@ -439,7 +435,7 @@ class Worker:
         finally:
             if give_back:
                 await self._release(
-                    lambda: self.store.release_shard(shard.batch_id, shard.seq, token)
+                    lambda: self.queue.release_shard(shard.batch_id, shard.seq, token)
                 )
 
     async def _commit(
@@ -454,7 +450,7 @@ class Worker:
         backoff = Backoff(self.settings.backoff_seconds, self.settings.backoff_max_seconds)
         while True:
             try:
-                committed = await self.store.commit_shard(
+                committed = await self.queue.commit_shard(
                     shard.batch_id, shard.seq, token, outcome, now=self.clock()
                 )
                 break
@@ -487,7 +483,7 @@ class Worker:
         cached = self._state_cache.get(batch_id)
         if cached is None or now - cached[0] > 1.0:
             try:
-                state = (await self.store.get_batch(batch_id)).state
+                state = (await self.queue.get_batch(batch_id)).state
             except Exception as exc:
                 if not is_infrastructure(exc):
                     raise
@@ -504,7 +500,7 @@ class Worker:
             until = self.clock() + self.settings.lease_seconds
             for held in list(self._held.values()):
                 try:
-                    ok = await self.store.renew_shard(
+                    ok = await self.queue.renew_shard(
                         held.shard.batch_id, held.shard.seq, held.token, until
                     )
                 except Exception as exc:

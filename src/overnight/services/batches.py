@@ -11,18 +11,19 @@ from typing import Any
 import orjson
 
 from overnight.blobs.base import BlobStore
+from overnight.blobs.keys import batch_prefix, inline_input_key
 from overnight.catalog import ModelCatalog
-from overnight.domain.batches import Batch, BatchKind, BatchState, Usage
+from overnight.domain.batches import Batch, BatchKind, BatchState
 from overnight.errors import FailedPrecondition, InvalidArgument, NotFound
 from overnight.services.files import FileService
 from overnight.services.ids import new_id
-from overnight.store.sql import SqlStore
+from overnight.store.base import BatchStore
 
 
 class BatchService:
     def __init__(
         self,
-        store: SqlStore,
+        store: BatchStore,
         blobs: BlobStore,
         catalog: ModelCatalog,
         files: FileService,
@@ -51,15 +52,14 @@ class BatchService:
         file = await self.files.get(tenant, file_id)
         return await self._create(
             tenant,
-            model,
-            entry.name,
-            kind,
-            display_name,
-            file.id,
-            file.blob_key,
-            False,
-            ref,
-            annotations,
+            model=model,
+            resolved=entry.name,
+            kind=kind,
+            display_name=display_name,
+            input_file_id=file.id,
+            input_blob=file.blob_key,
+            ref=ref,
+            annotations=annotations,
         )
 
     async def create_inline(
@@ -79,7 +79,7 @@ class BatchService:
         if not requests:
             raise InvalidArgument("the batch holds no requests")
         batch_id = new_id()
-        key = f"batches/{batch_id}/input.jsonl"
+        key = inline_input_key(batch_id)
 
         def write() -> None:
             writer = self.blobs.open_write(key)
@@ -97,57 +97,61 @@ class BatchService:
         await asyncio.to_thread(write)
         try:
             return await self._create(
-                tenant, model, entry.name, kind, display_name, None, key, True, None, None, batch_id
+                tenant,
+                model=model,
+                resolved=entry.name,
+                kind=kind,
+                display_name=display_name,
+                input_blob=key,
+                batch_id=batch_id,
             )
         except BaseException:
-            await asyncio.to_thread(self.blobs.delete, f"batches/{batch_id}/")
+            await asyncio.to_thread(self.blobs.delete, batch_prefix(batch_id))
             raise
 
     async def _create(
         self,
         tenant: str,
+        *,
         model: str,
         resolved: str,
         kind: BatchKind,
         display_name: str,
-        input_file_id: str | None,
         input_blob: str,
-        inline: bool,
-        ref: str | None,
-        annotations: dict[str, Any] | None,
+        input_file_id: str | None = None,
         batch_id: str | None = None,
+        ref: str | None = None,
+        annotations: dict[str, Any] | None = None,
     ) -> Batch:
-        now = time.time()
-        name = model if model.startswith("models/") else f"models/{model}"
-        batch = Batch(
+        """Record a PENDING batch over ``input_blob``: a file batch names its
+        ``input_file_id``; an inline one (none) brings the ``batch_id`` its input was
+        written under."""
+        batch = Batch.new(
             id=batch_id or new_id(),
             tenant=tenant,
             kind=kind,
-            model=name,
+            model=model if model.startswith("models/") else f"models/{model}",
             model_resolved=resolved,
             display_name=display_name,
-            state=BatchState.PENDING,
             input_file_id=input_file_id,
-            inline=inline,
-            output_file_id=None,
-            request_count=0,
-            succeeded_count=0,
-            failed_count=0,
-            usage=Usage(),
-            create_time=now,
-            update_time=now,
-            end_time=None,
-            expire_time=now + self.expiry_s,
-            error=None,
+            inline=input_file_id is None,
             ref=ref,
-            admitted=False,
-            finalized=False,
+            now=time.time(),
+            expiry_s=self.expiry_s,
         )
         await self.store.create_batch(batch, input_blob, annotations)
         return batch
 
     async def get(self, tenant: str | None, batch_id: str) -> Batch:
         return await self.store.get_batch(batch_id.removeprefix("batches/"), tenant)
+
+    async def find_by_ref(self, ref: str) -> tuple[Batch, dict[str, Any]] | None:
+        """The batch created with ``ref`` and the annotations it was created with, or None."""
+        batch = await self.store.find_batch_by_ref(ref)
+        if batch is None:
+            return None
+        _, annotations = await self.store.batch_input(batch.id)
+        return batch, annotations
 
     async def list_page(
         self, tenant: str, *, limit: int, after: tuple[float, str] | None = None
@@ -221,7 +225,7 @@ class BatchService:
         if batch.output_file_id:
             with contextlib.suppress(NotFound):
                 await self.files.delete(batch.tenant, batch.output_file_id)
-        await asyncio.to_thread(self.blobs.delete, f"batches/{batch.id}/")
+        await asyncio.to_thread(self.blobs.delete, batch_prefix(batch.id))
         await self.files.keep_reserve()
 
 

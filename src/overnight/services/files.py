@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from overnight.blobs.base import BlobStore
+from overnight.blobs.keys import file_key
 from overnight.blobs.space import SpaceReserve
-from overnight.domain.files import File, FileSource, FileState
+from overnight.domain.files import File, FileSource
 from overnight.errors import FailedPrecondition, InvalidArgument, NotFound, StorageFull
 from overnight.services.ids import new_id
-from overnight.store.sql import SqlStore
+from overnight.store.base import FileStore
 
 COPY_CHUNK = 1 << 20
 
@@ -33,7 +34,7 @@ class FileService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: FileStore,
         blobs: BlobStore,
         *,
         retention_s: float | None,
@@ -59,7 +60,7 @@ class FileService:
         either way no blob is left behind.
         """
         file_id = new_id()
-        key = f"files/{tenant}/{file_id}"
+        key = file_key(tenant, file_id)
 
         def copy() -> tuple[int, str]:
             writer = self.blobs.open_write(key)
@@ -76,8 +77,7 @@ class FileService:
                 raise
 
         size, digest = await asyncio.to_thread(copy)
-        now = time.time()
-        file = File(
+        file = File.uploaded(
             id=file_id,
             tenant=tenant,
             display_name=display_name,
@@ -85,11 +85,8 @@ class FileService:
             size_bytes=size,
             sha256=digest,
             blob_key=key,
-            source=FileSource.UPLOADED,
-            state=FileState.ACTIVE,
-            create_time=now,
-            update_time=now,
-            expire_time=None if self.retention_s is None else now + self.retention_s,
+            now=time.time(),
+            retention_s=self.retention_s,
         )
         try:
             await self.store.create_file(file)

@@ -2,9 +2,9 @@
 
 The upload URL's ``upload_id`` is a capability: whoever holds it may send the bytes,
 without an API key, exactly as with Google. Only its SHA-256 is stored. Chunks are
-streamed to a staging blob (``uploads/<id>.part``) and never held whole in memory;
-at finalize the staging blob is renamed to a key of the session's own
-(``Upload.blob_key``) and the file recorded. No finalize ever writes over, or removes,
+streamed to a staged blob (``BlobStore.staged``, ``uploads/<id>.part``) and never held
+whole in memory; at finalize the staged bytes are published under a key of the
+session's own (``blobs.keys.uploaded_file_key``) and the file recorded. No finalize ever writes over, or removes,
 bytes another session wrote: if the name was taken meanwhile, only this session's
 bytes go.
 
@@ -22,20 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import BinaryIO
 
-from overnight.blobs.local import LocalBlobStore
-from overnight.blobs.space import is_no_space, storage_full
-from overnight.domain.files import File, FileSource, FileState, requested_name_problem
+from overnight.blobs.base import BlobStore, StagedBlob
+from overnight.blobs.keys import upload_staging_key, uploaded_file_key
+from overnight.domain.files import File, requested_name_problem
 from overnight.domain.uploads import UNKNOWN_SIZE, Upload
-from overnight.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from overnight.errors import AlreadyExists, BlobError, FailedPrecondition, InvalidArgument
 from overnight.services.ids import new_id
-from overnight.store.sql import SqlStore
+from overnight.store.base import UploadStore
 
 CHUNK_GRANULARITY = 8 * 1024 * 1024
 WRITE_BUFFER = 1 << 20
@@ -52,8 +49,8 @@ class UploadService:
 
     def __init__(
         self,
-        store: SqlStore,
-        blobs: LocalBlobStore,
+        store: UploadStore,
+        blobs: BlobStore,
         *,
         max_bytes: int,
         session_s: float,
@@ -104,21 +101,12 @@ class UploadService:
             received=0,
             expire_time=time.time() + self.session_s,
         )
-        staging = self.blobs.path(upload.staging_key)
-
-        def create() -> None:
-            try:
-                staging.parent.mkdir(parents=True, exist_ok=True)
-                staging.touch()
-            except OSError as exc:
-                staging.unlink(missing_ok=True)
-                raise storage_full(self.blobs.root) if is_no_space(exc) else exc from None
-
-        await asyncio.to_thread(create)
+        staged = self._staged(upload)
+        await asyncio.to_thread(staged.create)
         try:
             await self.store.create_upload(upload)
         except BaseException:
-            staging.unlink(missing_ok=True)
+            self.blobs.delete(staged.key)
             raise
         return token
 
@@ -189,10 +177,10 @@ class UploadService:
             hasher: hashlib._Hash | None = hashed[0]
         else:  # lost after a failed chunk: finalize re-reads the staged bytes instead
             hasher = hashlib.sha256() if received == 0 else None
-        path = self.blobs.path(upload.staging_key)
+        staged = self._staged(upload)
         # an earlier finalize of this still-open session moved the bytes, then failed
-        await asyncio.to_thread(_take_back, self.blobs.path(upload.blob_key), path)
-        handle = await asyncio.to_thread(_open_at, path, received)
+        await asyncio.to_thread(staged.reclaim, _file_key(upload))
+        await asyncio.to_thread(staged.truncate, received)  # drop a torn earlier chunk
         pending: list[bytes] = []
         pending_len = 0
         try:
@@ -200,7 +188,7 @@ class UploadService:
                 if skip:
                     held = min(skip, len(piece))
                     at = received - skip
-                    await asyncio.to_thread(_check_resent, handle, piece[:held], at, offset)
+                    await asyncio.to_thread(_check_resent, staged, piece[:held], at, offset)
                     skip -= held
                     piece = piece[held:]
                 if not piece:
@@ -210,21 +198,17 @@ class UploadService:
                 pending.append(piece)
                 pending_len += len(piece)
                 if pending_len >= WRITE_BUFFER:
-                    await asyncio.to_thread(_write_out, handle, hasher, pending)
+                    await asyncio.to_thread(_write_out, staged, received, hasher, pending)
                     received += pending_len
                     pending, pending_len = [], 0
             if pending:
-                await asyncio.to_thread(_write_out, handle, hasher, pending)
+                await asyncio.to_thread(_write_out, staged, received, hasher, pending)
                 received += pending_len
-            await asyncio.to_thread(handle.flush)
-        except BaseException as exc:
+        except BaseException:
             # ``received`` in the store is unchanged: drop what this chunk appended, now
             # (on a full disk, that space is what the next request needs)
-            await asyncio.to_thread(_cut_back, handle, upload.received)
-            if is_no_space(exc):
-                raise storage_full(self.blobs.root) from None
+            await asyncio.to_thread(_cut_back, staged, upload.received)
             raise
-        await asyncio.to_thread(handle.close)
         if hasher is not None:
             self._hashes[upload.id] = (hasher, received)
         return received
@@ -236,43 +220,33 @@ class UploadService:
                 f"(X-Goog-Upload-Header-Content-Length) but {upload.received} were received"
             )
         hashed = self._hashes.get(upload.id)
-        staging = self.blobs.path(upload.staging_key)
-        target = self.blobs.path(upload.blob_key)  # this session's own key: nobody else's
+        staged = self._staged(upload)
+        target = _file_key(upload)  # this session's own key: nobody else's
         known = hashed[0].hexdigest() if hashed and hashed[1] == upload.received else None
 
         def publish() -> str:
-            try:
-                digest = known or _sha256_of(staging)
-                with staging.open("rb+") as f:
-                    os.fsync(f.fileno())
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging, target)
-            except OSError as exc:
-                raise storage_full(self.blobs.root) if is_no_space(exc) else exc from None
+            digest = known or staged.sha256()
+            staged.publish(target)
             return digest
 
         digest = await asyncio.to_thread(publish)
-        now = time.time()
-        file = File(
+        file = File.uploaded(
             id=upload.file_id,
             tenant=upload.tenant,
             display_name=upload.display_name,
             mime_type=upload.mime_type,
             size_bytes=upload.received,
             sha256=digest,
-            blob_key=upload.blob_key,
-            source=FileSource.UPLOADED,
-            state=FileState.ACTIVE,
-            create_time=now,
-            update_time=now,
-            expire_time=None if self.retention_s is None else now + self.retention_s,
+            blob_key=target,
+            now=time.time(),
+            retention_s=self.retention_s,
         )
         try:
             await self.store.finish_upload(upload.id, file)
         except AlreadyExists:
             # The name went to another upload while this session was open: this session
             # is over, and only the bytes it wrote itself go.
-            await asyncio.to_thread(target.unlink, True)
+            await asyncio.to_thread(self.blobs.delete, target)
             await self.store.delete_upload(upload.id)
             self._forget(upload.id)
             raise
@@ -281,9 +255,17 @@ class UploadService:
         # session open knows it did not, and takes them back (see ``_write``).
         return file
 
+    def _staged(self, upload: Upload) -> StagedBlob:
+        return self.blobs.staged(upload_staging_key(upload.id))
+
     def _forget(self, sid: str) -> None:
         self._locks.pop(sid, None)
         self._hashes.pop(sid, None)
+
+
+def _file_key(upload: Upload) -> str:
+    """Where finalize publishes the session's bytes (see ``blobs.keys``)."""
+    return uploaded_file_key(upload.tenant, upload.file_id, upload.id)
 
 
 def _with_received(upload: Upload, received: int) -> Upload:
@@ -311,19 +293,9 @@ def _too_much(upload: Upload, limit: int, max_bytes: int) -> str:
     )
 
 
-def _open_at(path: os.PathLike[str], received: int) -> BinaryIO:
-    """The staging file, cut back to ``received`` (dropping a torn earlier chunk)."""
-    handle = open(path, "r+b")  # noqa: SIM115 - closed by the caller
-    handle.truncate(received)
-    handle.seek(received)
-    return handle
-
-
-def _check_resent(handle: BinaryIO, resent: bytes, at: int, offset: int) -> None:
+def _check_resent(staged: StagedBlob, resent: bytes, at: int, offset: int) -> None:
     """Refuse a resent stretch (starting at byte ``at``) that differs from the bytes held."""
-    with open(handle.name, "rb") as f:
-        f.seek(at)
-        held = f.read(len(resent))
+    held = staged.read_range(at, at + len(resent))
     if held == resent:
         return
     where = next(
@@ -341,35 +313,22 @@ def _check_resent(handle: BinaryIO, resent: bytes, at: int, offset: int) -> None
     )
 
 
-def _cut_back(handle: BinaryIO, received: int) -> None:
-    """Close, dropping whatever a failed chunk appended past ``received``."""
-    with contextlib.suppress(OSError):  # a buffered tail that cannot be flushed is dropped
-        handle.close()
-    with contextlib.suppress(OSError):  # the next chunk truncates again (``_open_at``)
-        os.truncate(handle.name, received)
+def _cut_back(staged: StagedBlob, received: int) -> None:
+    """Drop whatever a failed chunk appended past ``received``."""
+    with contextlib.suppress(OSError, BlobError):  # the next chunk truncates again
+        staged.truncate(received)
 
 
-def _drop_bytes(blobs: LocalBlobStore, upload: Upload) -> None:
+def _drop_bytes(blobs: BlobStore, upload: Upload) -> None:
     """The bytes of a session that never became a file, wherever a failed finalize left them."""
-    blobs.delete(upload.staging_key)
-    blobs.delete(upload.blob_key)
+    blobs.delete(upload_staging_key(upload.id))
+    blobs.delete(_file_key(upload))
 
 
-def _take_back(published: Path, staging: Path) -> None:
-    if not staging.exists() and published.exists():
-        os.replace(published, staging)
-
-
-def _write_out(handle: BinaryIO, hasher: hashlib._Hash | None, pieces: list[bytes]) -> None:
+def _write_out(
+    staged: StagedBlob, offset: int, hasher: hashlib._Hash | None, pieces: list[bytes]
+) -> None:
     data = b"".join(pieces)
-    handle.write(data)
+    staged.append(offset, data)
     if hasher is not None:
         hasher.update(data)
-
-
-def _sha256_of(path: os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(WRITE_BUFFER):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,1 +1,1 @@
-"""Metadata store: files, batches and shards in SQL (SQLite or PostgreSQL)."""
+"""Metadata store: files, uploads, batches, API keys and the work queue in SQL (SQLite or PostgreSQL)."""

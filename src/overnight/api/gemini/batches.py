@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Request
 
+from overnight.api.body import read_json_object
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
 from overnight.api.gemini.operations import inlined_item, render_listed, render_operation
 from overnight.api.openapi import answers, json_body
-from overnight.api.wire import decode_page_token, encode_page_token
+from overnight.api.paging import PageRequest, paging
 from overnight.app import Services
 from overnight.domain.batches import Batch, BatchKind
 from overnight.errors import InvalidArgument
@@ -27,6 +27,9 @@ router = APIRouter()
 DEFAULT_PAGE_SIZE = 50
 # A list page carries no inline results (a get does), so each operation is small.
 MAX_PAGE_SIZE = 100
+BatchesPage = Annotated[
+    PageRequest, Depends(paging(default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE))
+]
 
 
 def _field(obj: dict[str, Any], camel: str, snake: str) -> Any:
@@ -37,26 +40,15 @@ def _field(obj: dict[str, Any], camel: str, snake: str) -> Any:
 
 async def _read_body(request: Request, limit: int) -> dict[str, Any]:
     """The JSON object body, refused past ``limit`` bytes without reading it all."""
-    too_big = InvalidArgument(
-        f"the batch-create request is larger than the {limit}-byte limit for inline requests "
-        "(server.max_inline_bytes); upload the requests as a JSONL file and create a file "
-        'batch with {"inputConfig": {"fileName": "files/..."}} instead'
+    return await read_json_object(
+        request,
+        shape='{"batch": {...}}',
+        required=True,
+        limit=limit,
+        too_large=f"the batch-create request is larger than the {limit}-byte limit for inline "
+        "requests (server.max_inline_bytes); upload the requests as a JSONL file and create "
+        'a file batch with {"inputConfig": {"fileName": "files/..."}} instead',
     )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
-    try:
-        parsed = orjson.loads(bytes(body)) if body.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"invalid JSON payload: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidArgument('the body must be a JSON object: {"batch": {...}}')
-    return parsed
 
 
 def _inline_requests(requests: Any) -> list[dict[str, Any]]:
@@ -149,11 +141,7 @@ async def list_batches(
     version: VersionDep,
     services: ServicesDep,
     tenant: TenantDep,
-    pageSize: Annotated[
-        int | None,
-        Query(description=f"default {DEFAULT_PAGE_SIZE}; larger sizes get {MAX_PAGE_SIZE}"),
-    ] = None,
-    pageToken: Annotated[str | None, Query(description="a nextPageToken")] = None,
+    page: BatchesPage,
 ) -> dict[str, Any]:
     """Batches newest first, as ``{"operations": [...], "nextPageToken"?}``.
 
@@ -161,13 +149,8 @@ async def list_batches(
     ``batches.list()`` shows their ``dest`` as None): get a batch to read its
     ``inlinedResponses``. That keeps a page small whatever the batches hold.
     """
-    size = DEFAULT_PAGE_SIZE if not pageSize or pageSize <= 0 else min(pageSize, MAX_PAGE_SIZE)
-    after = decode_page_token(pageToken) if pageToken else None
-    page = await services.batches.list_page(tenant, limit=size + 1, after=after)
-    body: dict[str, Any] = {"operations": [render_listed(batch) for batch in page[:size]]}
-    if len(page) > size:
-        body["nextPageToken"] = encode_page_token(page[size - 1].create_time, page[size - 1].id)
-    return body
+    batches = await services.batches.list_page(tenant, limit=page.fetch, after=page.after)
+    return page.answer("operations", batches, render_listed)
 
 
 @router.post(

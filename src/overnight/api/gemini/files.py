@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from overnight.api.deps import BaseDep, ServicesDep, TenantDep, VersionDep
 from overnight.api.openapi import answers
-from overnight.api.wire import decode_page_token, encode_page_token, int64, timestamp
+from overnight.api.paging import PageRequest, paging
+from overnight.api.wire import int64, timestamp
 from overnight.domain.files import File, FileSource
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
+FilesPage = Annotated[
+    PageRequest, Depends(paging(default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE))
+]
 
 router = APIRouter()
 
@@ -89,21 +93,11 @@ async def list_files(
     services: ServicesDep,
     tenant: TenantDep,
     base: BaseDep,
-    page_size: int = Query(
-        DEFAULT_PAGE_SIZE,
-        alias="pageSize",
-        description=f"default {DEFAULT_PAGE_SIZE}; larger sizes get {MAX_PAGE_SIZE}",
-    ),
-    page_token: str | None = Query(None, alias="pageToken", description="a nextPageToken"),
+    page: FilesPage,
 ) -> dict[str, Any]:
     """Newest first; ``nextPageToken`` while more remain."""
-    limit = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
-    after = decode_page_token(page_token) if page_token else None
-    files = await services.files.list_page(tenant, limit=limit + 1, after=after)
-    body: dict[str, Any] = {"files": [render_file(f, base, version) for f in files[:limit]]}
-    if len(files) > limit:
-        body["nextPageToken"] = encode_page_token(files[limit - 1].create_time, files[limit - 1].id)
-    return body
+    files = await services.files.list_page(tenant, limit=page.fetch, after=page.after)
+    return page.answer("files", files, lambda file: render_file(file, base, version))
 
 
 @router.delete("/{version}/files/{file_id}", response_model=None, responses=answers("Empty"))

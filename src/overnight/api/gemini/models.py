@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from overnight.api.body import read_json_object
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
 from overnight.api.openapi import answers, json_body, ref
 from overnight.catalog import ModelCatalog, ModelEntry
@@ -40,19 +41,6 @@ _WILDCARDS = frozenset("*?[")
 
 def _json(content: Any) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"invalid JSON payload: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument(f"the request body must be a JSON object, got {type(body).__name__}")
-    return body
 
 
 # ---- the Model resource ---------------------------------------------------------------
@@ -155,7 +143,7 @@ def _generate_request(body: Any, prefix: str) -> GenerateRequest:
 
 
 async def _generate(model: str, request: Request, services: ServicesDep) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_json_object(request)
     parsed = _generate_request(body, "GenerateContentRequest")
     result = await services.generation.generate(model, parsed)
     return result.to_wire(new_id(20))
@@ -219,7 +207,7 @@ def _embed_request(body: Any, prefix: str) -> EmbedRequest:
 async def embed_content(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
-    parsed = _embed_request(await _body(request), "EmbedContentRequest")
+    parsed = _embed_request(await read_json_object(request), "EmbedContentRequest")
     (result,) = await services.generation.embed(model, [parsed])
     return _json({"embedding": {"values": result.values}})
 
@@ -232,7 +220,7 @@ async def embed_content(
 async def batch_embed_contents(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
-    body = await _body(request)
+    body = await read_json_object(request)
     unknown = sorted(set(body) - {"requests"})
     if unknown:
         raise InvalidArgument(f"unknown field(s) {', '.join(unknown)}; the body is {{requests}}")
@@ -256,7 +244,7 @@ async def count_tokens(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
     """``{"contents": [...]}`` or ``{"generateContentRequest": {...}}`` → totalTokens."""
-    body = await _body(request)
+    body = await read_json_object(request)
     unknown = sorted(set(body) - _COUNT_FIELDS - {"model"})
     if unknown:
         raise InvalidArgument(

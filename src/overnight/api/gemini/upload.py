@@ -10,12 +10,12 @@ Content-Type says, and is streamed, never read whole.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from overnight.api.body import read_json_object
 from overnight.api.deps import BaseDep, ServicesDep, VersionDep, get_tenant
 from overnight.api.gemini.files import render_file
 from overnight.api.openapi import header, query, ref
@@ -34,7 +34,7 @@ def upload_service_for(services: Services) -> UploadService:
     """Build the upload service from the settings. One per process (see ``upload_service``)."""
     server = services.settings.server
     return UploadService(
-        services.store,
+        services.store.uploads,
         services.blobs,
         max_bytes=server.max_upload_bytes,
         session_s=server.upload_session_minutes * 60,
@@ -173,21 +173,14 @@ async def _start(request: Request, uploads: UploadService, version: str, base: s
 
 async def _start_body(request: Request) -> dict[str, Any]:
     """The ``file`` object of the start request (``{}`` if none), read with a bound."""
-    data = bytearray()
-    async for piece in request.stream():
-        data += piece
-        if len(data) > MAX_START_BODY:
-            raise InvalidArgument(
-                f"the upload start request body is over {MAX_START_BODY} bytes; "
-                "send the file's bytes to the upload URL instead"
-            )
-    if not data.strip():
-        return {}
-    try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise InvalidArgument(f"invalid JSON payload in upload start request: {exc}") from None
-    spec = body.get("file", {}) if isinstance(body, dict) else None
+    body = await read_json_object(
+        request,
+        shape='{"file": {...}}',
+        limit=MAX_START_BODY,
+        too_large=f"the upload start request body is over {MAX_START_BODY} bytes; "
+        "send the file's bytes to the upload URL instead",
+    )
+    spec = body.get("file", {})
     if not isinstance(spec, dict):
         raise InvalidArgument('the upload start body must look like {"file": {...}}')
     return spec
