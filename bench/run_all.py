@@ -18,6 +18,7 @@ BENCHES = [
     ["bench_upload.py", "--size-mb", "1024"],
     ["bench_api.py"],
     ["bench_generate.py"],
+    ["bench_contention.py"],
     ["bench_structured.py"],
     ["bench_upstream.py", "--requests", "20000"],
     ["race_vllm.py"],

@@ -20,8 +20,9 @@ How an EmbedContentRequest maps:
 ``dtype = "auto"`` means float32 here, on every device: embeddings are compared by
 their values, and bfloat16 rounding moves them visibly; the model is small anyway.
 
-Options (``[models.NAME] options = {...}``): ``threads`` (``torch.set_num_threads``),
-``model_version`` (default: from the path).
+Options (``[models.NAME] options = {...}``): ``threads`` (``"auto"``, the default: one
+thread per CPU other processes leave free, re-decided between micro-batches, see
+``backends.threads``; or a fixed count), ``model_version`` (default: from the path).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from overnight.backends.local import (
     offline_environment,
     pick_device,
 )
+from overnight.backends.threads import AUTO, ThreadGovernor, parse_threads
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import EmbedResult
@@ -68,6 +70,7 @@ class SentenceTransformersBackend:
 
     def __init__(self, name: str, settings: ModelSettings, cache_dir: Path) -> None:
         check_options(name, "sentence-transformers", settings.options, OPTIONS)
+        self._threads = parse_threads(name, settings.options.get("threads", AUTO))
         self.name = name
         self.settings = settings
         self.cache_dir = Path(cache_dir)  # unused: the weights are read as they are
@@ -80,6 +83,7 @@ class SentenceTransformersBackend:
         )
         self._thread = ModelThread(name)
         self._model: Any = None
+        self.governor: ThreadGovernor | None = None  # set on the model thread by _load
 
     async def start(self) -> None:
         """Load the model. Idempotent. Raises BackendUnavailable."""
@@ -118,8 +122,7 @@ class SentenceTransformersBackend:
             raise BackendUnavailable(
                 f"model {self.name!r} needs sentence-transformers ({exc}); run: {INSTALL_HINT}"
             ) from None
-        if "threads" in self.settings.options:
-            torch.set_num_threads(int(self.settings.options["threads"]))
+        self.governor = ThreadGovernor(self._threads, torch.set_num_threads)
         device = pick_device(torch, self.settings.device)
         auto = self.settings.dtype == "auto"
         dtype = torch.float32 if auto else getattr(torch, self.settings.dtype)
@@ -135,6 +138,7 @@ class SentenceTransformersBackend:
         except (OSError, ValueError, RuntimeError) as exc:
             raise BackendUnavailable(f"model {self.name!r} could not be loaded: {exc}") from None
         model.eval()
+        self.governor.attach(model)  # re-decides the thread count before each micro-batch
         limit = model.max_seq_length or self.settings.max_input_tokens
         model.max_seq_length = min(limit, self.settings.max_input_tokens)
         self._model = model

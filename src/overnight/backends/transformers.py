@@ -41,7 +41,8 @@ of a batch carries its own grammar (or none). A constraint xgrammar cannot compi
 that request's INVALID_ARGUMENT error; the rest of the batch runs.
 
 Options (``[models.NAME] options = {...}``):
-- ``threads``: ``torch.set_num_threads`` (default: torch's own choice).
+- ``threads``: ``"auto"`` (default: one thread per CPU other processes leave free,
+  re-decided between decoding steps; see ``backends.threads``) or a fixed count.
 - ``model_version``: the ``modelVersion`` reported in results (default: from the path).
 """
 
@@ -84,6 +85,7 @@ from overnight.backends.schema import (
     OutputConstraint,
     output_constraint,
 )
+from overnight.backends.threads import AUTO, ThreadGovernor, parse_threads
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, GenerateResult
@@ -114,6 +116,7 @@ class TransformersBackend:
 
     def __init__(self, name: str, settings: ModelSettings, cache_dir: Path) -> None:
         check_options(name, "transformers", settings.options, OPTIONS)
+        self._threads = parse_threads(name, settings.options.get("threads", AUTO))
         self.name = name
         self.settings = settings
         self.cache_dir = Path(cache_dir)
@@ -134,6 +137,7 @@ class TransformersBackend:
         self._vocab_size = 0
         self._compiler: Any = None  # xgrammar.GrammarCompiler, built on first use
         self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self.governor: ThreadGovernor | None = None  # set on the model thread by _load
 
     async def start(self) -> None:
         """Load the weights (from the cache when there is one). Raises BackendUnavailable."""
@@ -186,8 +190,7 @@ class TransformersBackend:
         transformers.utils.logging.disable_progress_bar()
         device = pick_device(torch, self.settings.device)
         dtype = _pick_dtype(torch, self.settings.dtype, device)
-        if "threads" in self.settings.options:
-            torch.set_num_threads(int(self.settings.options["threads"]))
+        self.governor = ThreadGovernor(self._threads, torch.set_num_threads)
         try:
             with _quiet_tqdm():  # the GGUF conversion draws a plain tqdm bar
                 model, tokenizer = self._load_weights(transformers, dtype)
@@ -197,6 +200,7 @@ class TransformersBackend:
         except (OSError, ValueError, RuntimeError) as exc:
             raise BackendUnavailable(f"model {self.name!r} could not be loaded: {exc}") from None
         model.eval()
+        self.governor.attach(model)  # re-decides the thread count before each step
         self._model, self._tokenizer = model, tokenizer
         self._vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self._eos_ids = _eos_ids(model, tokenizer)
