@@ -49,6 +49,7 @@ test: $(TEST_VENV) lint typecheck pytest
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from _common import peak_rss_mb, scratch_settings
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.domain.batches import BatchKind
 
 
@@ -57,20 +57,20 @@ async def measure(src: Path, database_url: str | None) -> dict[str, float]:
         database_url=database_url,
         models={"echo": {"backend": "fake"}},
     )
-    svc = await build_services(settings)
+    runtime = await build_runtime(settings)
     size = src.stat().st_size
     t0 = time.perf_counter()
-    file = await svc.files.import_path("bench", src)
+    file = await runtime.services.files.import_path("bench", src)
     t1 = time.perf_counter()
-    batch = await svc.batches.create_from_file(
+    batch = await runtime.services.batches.create_from_file(
         "bench", model="echo", kind=BatchKind.GENERATE, file_id=file.id
     )
-    worker = svc.worker()
+    worker = runtime.worker()
     await worker.step()  # exactly one unit of work: the admission of this batch
     t2 = time.perf_counter()
-    batch = await svc.batches.get(None, batch.id)
-    shards = len(await svc.store.queue.list_shards(batch.id))
-    await svc.close()
+    batch = await runtime.services.batches.get(None, batch.id)
+    shards = len(await runtime.store.queue.list_shards(batch.id))
+    await runtime.close()
     assert batch.admitted, batch
     return {
         "bytes": size,

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from _common import peak_rss_mb, scratch_settings
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.cli.run import RunRequest, run_file
 
 
@@ -51,15 +51,15 @@ async def measure(n: int, database_url: str | None) -> dict[str, float]:
         },
         engine={"shard_size": 1000},
     )
-    svc = await build_services(settings)
+    runtime = await build_runtime(settings)
     started = time.perf_counter()
     summary = await run_file(
-        svc,
+        runtime,
         RunRequest(src, root / "out.jsonl", "echo", None, restart=False, show_progress=False),
         Console(quiet=True),
     )
     wall = time.perf_counter() - started
-    await svc.close()
+    await runtime.close()
     assert summary.batch.succeeded_count == n, summary.batch
     return {"requests": n, "wall_s": wall, "requests_per_s": n / wall, "peak_rss_mb": peak_rss_mb()}
 

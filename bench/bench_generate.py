@@ -152,7 +152,7 @@ def bench_run(backend: Any, prompts: list[str], max_tokens: int) -> tuple[int, f
     """``overnight run`` on a fresh data dir; the loaded backend is reused."""
     from rich.console import Console
 
-    from overnight.app import build_services
+    from overnight.app import build_runtime
     from overnight.cli.run import RunRequest, run_file
     from overnight.config import load_settings
 
@@ -162,18 +162,19 @@ def bench_run(backend: Any, prompts: list[str], max_tokens: int) -> tuple[int, f
         for i, p in enumerate(prompts):
             body = {
                 "contents": [{"role": "user", "parts": [{"text": p}]}],
-                "generationConfig": {"maxOutputTokens": max_tokens},
+                # greedy like (b): without it the model's sampling defaults would apply
+                "generationConfig": {"maxOutputTokens": max_tokens, "temperature": 0},
             }
             f.write(json.dumps({"key": f"p{i}", "request": body}) + "\n")
 
     async def go() -> tuple[int, float]:
-        svc = await build_services(load_settings(environ={}, overrides={"data_dir": str(root)}))
-        svc.pool.add("smollm2-135m-instruct", backend)
+        runtime = await build_runtime(load_settings(environ={}, overrides={"data_dir": str(root)}))
+        runtime.pool.add("smollm2-135m-instruct", backend)
         request = RunRequest(src, root / "out.jsonl", None, None, False, show_progress=False)
         start = time.perf_counter()
-        summary = await run_file(svc, request, Console(quiet=True))
+        summary = await run_file(runtime, request, Console(quiet=True))
         elapsed = time.perf_counter() - start
-        await svc.store.close()  # not svc.close(): the backend stays loaded
+        await runtime.store.close()  # not runtime.close(): the backend stays loaded
         assert summary.batch.succeeded_count == len(prompts), summary.batch
         return summary.batch.usage.candidates_tokens, elapsed
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from _common import peak_rss_mb, scratch_settings
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.cli.run import RunRequest, run_file
 from overnight.testing.upstream import FakeUpstream
 
@@ -50,15 +50,15 @@ async def measure(n: int, url: str, concurrency: int, backend: str) -> dict[str,
         },
         engine={"shard_size": 512},
     )
-    svc = await build_services(settings)
+    runtime = await build_runtime(settings)
     started = time.perf_counter()
     summary = await run_file(
-        svc,
+        runtime,
         RunRequest(src, root / "out.jsonl", "up", None, restart=False, show_progress=False),
         Console(quiet=True),
     )
     wall = time.perf_counter() - started
-    await svc.close()
+    await runtime.close()
     assert summary.batch.succeeded_count == n, summary.batch
     return {"requests": n, "wall_s": wall, "requests_per_s": n / wall, "peak_rss_mb": peak_rss_mb()}
 

@@ -64,7 +64,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overnight.backends.vllm import find_tcmalloc
+from overnight.backends.vllm_runtime import find_tcmalloc
 
 NAME = "smollm2-135m-instruct-vllm"
 SETTINGS = {"max_num_seqs": 256, "max_model_len": 2048, "kv_cache_space": 4}

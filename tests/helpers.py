@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from overnight.app import Services
+from overnight.app import Runtime
 from overnight.domain.batches import Batch
 from overnight.engine.worker import Worker, WorkerScope
 
@@ -39,16 +39,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 async def drive(
-    svc: Services, batch_id: str, *, workers: int = 1, timeout: float = 60, **kwargs: Any
+    runtime: Runtime, batch_id: str, *, workers: int = 1, timeout: float = 60, **kwargs: Any
 ) -> Batch:
     """Run workers scoped to one batch until it is finalized; return the batch."""
     stop = asyncio.Event()
-    pool = [svc.worker(WorkerScope(batch_id=batch_id), **kwargs) for _ in range(workers)]
+    pool = [runtime.worker(WorkerScope(batch_id=batch_id), **kwargs) for _ in range(workers)]
     tasks = [asyncio.create_task(w.run(stop)) for w in pool]
     deadline = time.monotonic() + timeout
     try:
         while True:
-            batch = await svc.batches.get(None, batch_id)
+            batch = await runtime.services.batches.get(None, batch_id)
             if batch.finalized:
                 return batch
             for task in tasks:
@@ -62,14 +62,14 @@ async def drive(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def output_lines(svc: Services, batch: Batch) -> list[dict[str, Any]]:
+async def output_lines(runtime: Runtime, batch: Batch) -> list[dict[str, Any]]:
     assert batch.output_file_id, f"batch has no output: {batch}"
-    file = await svc.files.get(None, batch.output_file_id)
-    return read_jsonl(svc.blobs.path(file.blob_key))
+    file = await runtime.services.files.get(None, batch.output_file_id)
+    return read_jsonl(runtime.blobs.path(file.blob_key))
 
 
-def new_worker(svc: Services, batch_id: str, **kwargs: Any) -> Worker:
-    return svc.worker(WorkerScope(batch_id=batch_id), **kwargs)
+def new_worker(runtime: Runtime, batch_id: str, **kwargs: Any) -> Worker:
+    return runtime.worker(WorkerScope(batch_id=batch_id), **kwargs)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 A name may come as ``models/gemini-2.5-flash``, ``gemini-2.5-flash`` or a configured
 model's own name. Exact names win; otherwise the most specific alias pattern
-(``fnmatch``, longest pattern first) decides.
+(``fnmatch``, longest pattern first) decides. What kinds of batch a model serves is
+its backend's entry in ``backends.registry``, known without loading the backend.
 """
 
 from __future__ import annotations
@@ -10,19 +11,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from overnight.config import ModelSettings, Settings
+from overnight.backends import registry
+from overnight.config import ModelSettings, Settings, generation_defaults
 from overnight.domain.batches import BatchKind
+from overnight.domain.model_kinds import check_alias
+from overnight.domain.requests import GenerationConfig
 from overnight.errors import ConfigError, InvalidArgument, NotFound
-
-# What each backend can do, known without loading it.
-BACKEND_KINDS: dict[str, frozenset[BatchKind]] = {
-    "transformers": frozenset({BatchKind.GENERATE}),
-    "sentence-transformers": frozenset({BatchKind.EMBED}),
-    "fake": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
-    "vllm": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
-    "openai": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
-    "gemini": frozenset({BatchKind.GENERATE, BatchKind.EMBED}),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +26,13 @@ class ModelEntry:
 
     @property
     def kinds(self) -> frozenset[BatchKind]:
-        return BACKEND_KINDS.get(self.settings.backend, frozenset({BatchKind.GENERATE}))
+        return registry.kinds(self.settings.backend)
+
+    @property
+    def generation_defaults(self) -> GenerationConfig:
+        """What a request gets for the generationConfig fields it leaves unset
+        (``config.generation``): configured, else recommended by the weights."""
+        return generation_defaults(self.settings)
 
     @property
     def default_kind(self) -> BatchKind:
@@ -50,13 +50,17 @@ class ModelCatalog:
                 )
 
     def resolve(self, name: str) -> ModelEntry:
-        """Raises ``NotFound`` with the known names if nothing matches."""
+        """Raises ``NotFound`` with the known names if nothing matches, and for an image,
+        video, speech or live-audio model name that only a wildcard alias for another
+        kind of model matches (``domain.model_kinds``)."""
         bare = name.removeprefix("models/")
         if bare in self.models:
             return ModelEntry(bare, self.models[bare])
         matches = [p for p in self.aliases if fnmatch.fnmatchcase(bare, p)]
         if matches:
-            target = self.aliases[max(matches, key=len)]
+            pattern = max(matches, key=len)
+            target = self.aliases[pattern]
+            check_alias(name, pattern, target)
             return ModelEntry(target, self.models[target])
         raise NotFound(
             f"model {name!r} is not configured; known models: {', '.join(sorted(self.models))} "

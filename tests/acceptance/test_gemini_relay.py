@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import drive, output_lines, request, write_jsonl
 from tests.serving import running_server
 
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.config import load_settings
 from overnight.domain.batches import BatchKind, BatchState
 
@@ -101,16 +101,16 @@ def test_a_batch_relayed_to_another_overnight_matches_a_direct_run(
                     },
                 },
             )
-            svc = await build_services(settings)
+            runtime = await build_runtime(settings)
             src = write_jsonl(tmp_path / "in.jsonl", lines)
-            file = await svc.files.import_path("t", src)
-            batch = await svc.batches.create_from_file(
+            file = await runtime.services.files.import_path("t", src)
+            batch = await runtime.services.batches.create_from_file(
                 "t", model="relay", kind=BatchKind.GENERATE, file_id=file.id
             )
-            batch = await drive(svc, batch.id, timeout=300)
+            batch = await drive(runtime, batch.id, timeout=300)
             assert batch.state is BatchState.SUCCEEDED, batch
-            out = await output_lines(svc, batch)
-            await svc.close()
+            out = await output_lines(runtime, batch)
+            await runtime.close()
             return out
 
         relayed = asyncio.run(relay())

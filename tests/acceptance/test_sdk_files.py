@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,10 @@ def jsonl(path: Path, size: int) -> Path:
     return path
 
 
+def sha256_base64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
 def test_upload_get_delete_small_file(client: genai.Client, tmp_path: Path) -> None:
     path = jsonl(tmp_path / "requests.jsonl", 398)
     file = client.files.upload(
@@ -45,7 +50,8 @@ def test_upload_get_delete_small_file(client: genai.Client, tmp_path: Path) -> N
     assert file.display_name == "my-batch-requests"
     assert file.mime_type == "jsonl"
     assert file.size_bytes == 398
-    assert file.sha256_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    # Like Gemini: base64 of the raw digest, not hex.
+    assert file.sha256_hash == sha256_base64(path.read_bytes())
     assert file.state == types.FileState.ACTIVE
     assert file.source == types.FileSource.UPLOADED
     assert file.download_uri is None
@@ -72,7 +78,7 @@ def test_upload_multi_chunk_file(client: genai.Client, tmp_path: Path) -> None:
         file=path, config=types.UploadFileConfig(display_name="big", mime_type="jsonl")
     )
     assert file.size_bytes == size
-    assert file.sha256_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file.sha256_hash == sha256_base64(path.read_bytes())
     client.files.delete(name=file.name)
 
 

@@ -128,6 +128,8 @@ def test_inline_metadata_and_multimodal_error(client: genai.Client) -> None:
     assert second.response is None
     assert second.error is not None and second.error.code == 400
     assert "image" in second.error.message or "inlineData" in second.error.message
+    # an inline batch has no lines: the error names the item as it was sent
+    assert second.error.message.startswith("inlinedRequests[1]: ")
     assert second.metadata == {"key": "req-1"}
 
 
@@ -175,6 +177,107 @@ def test_file_seed(client: genai.Client, tmp_path: Path, monkeypatch: pytest.Mon
     assert text == "echo: Describe photosynthesis."
     result = client.files.get(name=job.dest.file_name)
     assert result.source.name == "GENERATED" and result.download_uri
+
+
+def test_sdk_readme_batch_examples(
+    client: genai.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK README's "Batch Prediction" examples for the Gemini Developer API, verbatim
+    # apart from the client and the file name (the README's "files/test-json" is its
+    # display name, not its name).
+    batch_job = client.batches.create(
+        model="gemini-3.8-flash",
+        src=[
+            {
+                "contents": [
+                    {
+                        "parts": [
+                            {
+                                "text": "Hello!",
+                            }
+                        ],
+                        "role": "user",
+                    }
+                ],
+                "config": {"response_modalities": ["text"]},
+            }
+        ],
+    )
+    job = wait(client, batch_job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    (answer,) = job.dest.inlined_responses
+    assert answer.error is None and answer.response.text == "echo: Hello!"
+    inline_name = job.name
+
+    monkeypatch.chdir(tmp_path)
+    with open("myrequests.json", "w") as f:
+        f.write(
+            '{"key":"request_1", "request": {"contents": [{"parts": [{"text":'
+            ' "Explain how AI works in a few words"}]}], "generation_config":'
+            ' {"response_modalities": ["TEXT"]}}}\n'
+            '{"key":"request_2", "request": {"contents": [{"parts": [{"text":'
+            ' "Explain how Crypto works in a few words"}]}]}}\n'
+        )
+    file = client.files.upload(
+        file="myrequests.json", config=types.UploadFileConfig(display_name="test-json")
+    )
+    batch_job = client.batches.create(model="gemini-3.8-flash", src=file.name)
+    job = wait(client, batch_job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    content = client.files.download(file=job.dest.file_name)
+    lines = {line["key"]: line for line in map(json.loads, content.decode().splitlines())}
+    assert set(lines) == {"request_1", "request_2"}
+    assert all("response" in line for line in lines.values()), lines
+
+    # The README's list examples. A listed inline batch carries no results (like
+    # Gemini's list: get the batch to read them); a file batch keeps its responses file.
+    listed = {job.name: job for job in client.batches.list(config={"page_size": 10})}
+    assert listed[inline_name].state.name == "JOB_STATE_SUCCEEDED"
+    assert listed[inline_name].dest is None
+    assert listed[batch_job.name].dest.file_name == job.dest.file_name
+    pager = client.batches.list(config=types.ListBatchJobsConfig(page_size=10))
+    assert pager.page_size == 10
+    assert {j.name for j in pager.page} >= {inline_name, batch_job.name}
+
+
+def test_listed_batches_carry_no_inline_results(client: genai.Client) -> None:
+    job = client.batches.create(
+        model="gemini-2.5-flash", src=[{"contents": "first"}, {"contents": "second"}]
+    )
+    done = wait(client, job.name)
+    assert [r.response.text for r in done.dest.inlined_responses] == [
+        "echo: first",
+        "echo: second",
+    ]
+    listed = next(j for j in client.batches.list(config={"page_size": 5}) if j.name == job.name)
+    assert listed.state.name == "JOB_STATE_SUCCEEDED" and listed.done
+    assert listed.model == "models/gemini-2.5-flash" and listed.end_time is not None
+    assert listed.dest is None
+    assert client.batches.get(name=job.name).dest.inlined_responses
+
+
+def test_cancelling_an_ended_batch_is_refused(client: genai.Client) -> None:
+    job = client.batches.create(model="gemini-2.5-flash", src=[{"contents": "x"}])
+    job = wait(client, job.name)
+    with pytest.raises(errors.ClientError) as caught:
+        client.batches.cancel(name=job.name)
+    assert caught.value.code == 400 and caught.value.status == "FAILED_PRECONDITION"
+    assert "BATCH_STATE_SUCCEEDED" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "model", ["gemini-2.5-flash-image", "gemini-2.0-flash-preview-image-generation"]
+)
+def test_image_models_are_refused_at_create(client: genai.Client, model: str) -> None:
+    before = [j.name for j in client.batches.list(config={"page_size": 100})]
+    with pytest.raises(errors.ClientError) as caught:
+        client.batches.create(
+            model=model,
+            src=[{"contents": "a cat", "config": {"response_modalities": ["TEXT", "IMAGE"]}}],
+        )
+    assert caught.value.code == 404 and caught.value.status == "NOT_FOUND"
+    assert f"model '{model}' generates images" in caught.value.message
+    assert [j.name for j in client.batches.list(config={"page_size": 100})] == before
 
 
 def test_cancel(client: genai.Client) -> None:
@@ -272,3 +375,51 @@ def test_inline_seed_on_the_bundled_model(tmp_path: Path, model_cache_dir: Path)
         for r in job.dest.inlined_responses:
             assert r.response, r.error
             assert r.response.text.strip()
+
+
+@pytest.mark.model
+def test_sdk_readme_batch_examples_on_the_bundled_model(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK README's batch examples set response_modalities=["text"] / ["TEXT"]:
+    # SmolLM2 answers text, so they run end to end with every request answered.
+    env = {"OVERNIGHT_MODEL_CACHE_DIR": str(model_cache_dir)}
+    config = '[models.smollm2-135m-instruct]\nbackend = "transformers"\nmax_output_tokens = 24\n'
+    with running_server(tmp_path / "serve", config=config, env=env, timeout=120) as base:
+        client = genai.Client(api_key="x", http_options={"base_url": base})
+        batch_job = client.batches.create(
+            model="gemini-3.8-flash",
+            src=[
+                {
+                    "contents": [{"parts": [{"text": "Hello!"}], "role": "user"}],
+                    "config": {"response_modalities": ["text"]},
+                }
+            ],
+        )
+        job = wait(client, batch_job.name)
+        assert job.state.name == "JOB_STATE_SUCCEEDED"
+        (answer,) = job.dest.inlined_responses
+        assert answer.error is None, answer.error
+        assert answer.response.text.strip()
+
+        monkeypatch.chdir(tmp_path)
+        with open("myrequests.json", "w") as f:
+            f.write(
+                '{"key":"request_1", "request": {"contents": [{"parts": [{"text":'
+                ' "Explain how AI works in a few words"}]}], "generation_config":'
+                ' {"response_modalities": ["TEXT"]}}}\n'
+                '{"key":"request_2", "request": {"contents": [{"parts": [{"text":'
+                ' "Explain how Crypto works in a few words"}]}]}}\n'
+            )
+        file = client.files.upload(
+            file="myrequests.json", config=types.UploadFileConfig(display_name="test-json")
+        )
+        batch_job = client.batches.create(model="gemini-3.8-flash", src=file.name)
+        job = wait(client, batch_job.name)
+        assert job.state.name == "JOB_STATE_SUCCEEDED"
+        content = client.files.download(file=job.dest.file_name)
+        lines = [json.loads(line) for line in content.decode().splitlines()]
+        assert [line["key"] for line in lines] == ["request_1", "request_2"]
+        for line in lines:
+            assert "response" in line, line
+            assert line["response"]["modelVersion"] == "SmolLM2-135M-Instruct"

@@ -81,6 +81,16 @@ def test_models_list_and_get(server: str) -> None:
     assert "echo" in (got.description or "")
 
 
+def test_models_get_reports_the_generation_defaults(server: str) -> None:
+    client = client_for(server)
+    smol = client.models.get(model="smollm2-135m-instruct")  # reported without loading it
+    assert smol.temperature == 0.2 and smol.top_p == 0.95 and smol.top_k == 40
+    assert smol.max_temperature == 2.0
+    assert smol.input_token_limit == 4096 and smol.output_token_limit == 512
+    echo = client.models.get(model="gemini-2.5-flash")  # the fake: no defaults claimed
+    assert echo.temperature is None and echo.top_k is None
+
+
 def test_errors_are_client_errors(server: str) -> None:
     client = client_for(server)
     with pytest.raises(errors.ClientError) as caught:
@@ -92,6 +102,28 @@ def test_errors_are_client_errors(server: str) -> None:
             model="echo", contents="x", config=types.GenerateContentConfig(presence_penalty=0.5)
         )
     assert bad.value.code == 400 and "presencePenalty" in (bad.value.message or "")
+
+
+def test_text_response_modality_and_media_models(server: str) -> None:
+    client = client_for(server)
+    response = client.models.generate_content(
+        model="gemini-2.5-flash",
+        contents="Hello!",
+        config=types.GenerateContentConfig(response_modalities=["TEXT"]),
+    )
+    assert response.text == "echo: Hello!"
+    with pytest.raises(errors.ClientError) as bad:
+        client.models.generate_content(
+            model="gemini-2.5-flash",
+            contents="Draw a cat",
+            config=types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]),
+        )
+    assert bad.value.code == 400 and "responseModalities[1]" in (bad.value.message or "")
+    for model in ("gemini-2.5-flash-image", "gemini-2.5-flash-preview-tts"):
+        with pytest.raises(errors.ClientError) as refused:
+            client.models.generate_content(model=model, contents="a cat")
+        assert refused.value.code == 404 and refused.value.status == "NOT_FOUND"
+        assert f"model '{model}' generates" in (refused.value.message or "")
 
 
 @pytest.mark.model

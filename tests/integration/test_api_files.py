@@ -8,6 +8,7 @@ Google-style errors.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,10 +20,8 @@ import httpx
 import pytest
 from tests.conftest import run
 
-from overnight.api.auth import create_key
-from overnight.api.gemini.upload import upload_service_for
 from overnight.api.server import create_app
-from overnight.app import Services, build_services
+from overnight.app import Runtime, build_runtime
 from overnight.config import load_settings
 from overnight.domain.batches import BatchKind
 from overnight.domain.files import File
@@ -45,25 +44,25 @@ def settings(tmp_path: Path, database_url: str | None = None, **server: Any) -> 
 @asynccontextmanager
 async def api(
     tmp_path: Path, database_url: str | None = None, **server: Any
-) -> AsyncIterator[tuple[Services, Client]]:
-    services = await build_services(settings(tmp_path, database_url, **server))
-    transport = httpx.ASGITransport(app=create_app(services))
+) -> AsyncIterator[tuple[Runtime, Client]]:
+    runtime = await build_runtime(settings(tmp_path, database_url, **server))
+    transport = httpx.ASGITransport(app=create_app(runtime.services))
     try:
         async with Client(transport=transport, base_url="http://testserver") as client:
-            yield services, client
+            yield runtime, client
     finally:
-        await services.close()
+        await runtime.close()
 
 
 def scenario(
     tmp_path: Path, database_url: str | None = None, **server: Any
-) -> Callable[[Callable[[Services, Client], Awaitable[None]]], None]:
+) -> Callable[[Callable[[Runtime, Client], Awaitable[None]]], None]:
     """Run an async test body against a fresh app."""
 
-    def runner(body: Callable[[Services, Client], Awaitable[None]]) -> None:
+    def runner(body: Callable[[Runtime, Client], Awaitable[None]]) -> None:
         async def main() -> None:
-            async with api(tmp_path, database_url, **server) as (services, client):
-                await body(services, client)
+            async with api(tmp_path, database_url, **server) as (runtime, client):
+                await body(runtime, client)
 
         run(main())
 
@@ -112,6 +111,11 @@ async def upload(client: Client, data: bytes, **kwargs: Any) -> dict[str, Any]:
     return file
 
 
+def b64_sha256(data: bytes) -> str:
+    """``sha256Hash`` as Gemini gives it: base64 of the raw digest (not hex)."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
 def error(response: httpx.Response, code: int, status: str) -> str:
     assert response.status_code == code, response.text
     body = response.json()["error"]
@@ -120,9 +124,9 @@ def error(response: httpx.Response, code: int, status: str) -> str:
     return message
 
 
-async def generated_file(services: Services, data: bytes, tenant: str = "default") -> File:
+async def generated_file(runtime: Runtime, data: bytes, tenant: str = "default") -> File:
     key = f"files/gen{len(data)}"
-    writer = services.blobs.open_write(key)
+    writer = runtime.blobs.open_write(key)
     writer.write(data)
     size, digest = writer.commit()
     file = File.generated(
@@ -135,7 +139,7 @@ async def generated_file(services: Services, data: bytes, tenant: str = "default
         now=time.time(),
         retention_s=None,
     )
-    await services.store.files.create_file(file)
+    await runtime.store.files.create_file(file)
     return file
 
 
@@ -147,7 +151,7 @@ def test_resumable_upload_in_chunks(tmp_path: Path, database_url: str) -> None:
     cut = 8000
 
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         started = await start(
             client, len(data), file={"display_name": "my-batch", "mime_type": "jsonl"}
         )
@@ -174,14 +178,15 @@ def test_resumable_upload_in_chunks(tmp_path: Path, database_url: str) -> None:
         assert file["displayName"] == "my-batch"
         assert file["mimeType"] == "jsonl"
         assert file["sizeBytes"] == str(len(data))
-        assert file["sha256Hash"] == hashlib.sha256(data).hexdigest()
+        assert file["sha256Hash"] == b64_sha256(data)
         assert file["uri"] == f"http://testserver/v1/files/{file_id}"
         assert file["state"] == "ACTIVE" and file["source"] == "UPLOADED"
         assert "downloadUri" not in file
         assert file["createTime"].endswith("Z") and file["expirationTime"].endswith("Z")
-        stored = await services.files.get("default", file_id)
-        assert services.blobs.path(stored.blob_key).read_bytes() == data
-        assert not list(services.blobs.path("uploads").iterdir())  # staging moved away
+        stored = await runtime.services.files.get("default", file_id)
+        assert runtime.blobs.path(stored.blob_key).read_bytes() == data
+        assert stored.sha256 == hashlib.sha256(data).hexdigest()  # the store keeps hex
+        assert not list(runtime.blobs.path("uploads").iterdir())  # staging moved away
 
         # single use: the session is gone after finalize
         reused = await chunk(client, url, b"x", len(data), final=True)
@@ -194,7 +199,7 @@ def test_retried_final_chunk_and_partial_overlap(tmp_path: Path) -> None:
     data = bytes(range(256)) * 40
 
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         url = (await start(client, len(data))).headers["x-goog-upload-url"]
         await chunk(client, url, data[:1000], 0)
         # a resend that overlaps what we hold: only the new tail is appended
@@ -202,12 +207,12 @@ def test_retried_final_chunk_and_partial_overlap(tmp_path: Path) -> None:
         assert overlap.headers["x-goog-upload-size-received"] == "3000"
         final = await chunk(client, url, data[3000:], 3000, final=True)
         file = final.json()["file"]
-        assert file["sha256Hash"] == hashlib.sha256(data).hexdigest()
+        assert file["sha256Hash"] == b64_sha256(data)
 
 
 def test_camel_case_body_custom_name_and_v1beta(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         started = await start(
             client,
             None,
@@ -229,17 +234,47 @@ def test_camel_case_body_custom_name_and_v1beta(tmp_path: Path) -> None:
         assert "lowercase" in error(bad, 400, "INVALID_ARGUMENT")
 
 
+def test_unknown_fields_in_the_start_body_are_refused(tmp_path: Path) -> None:
+    @scenario(tmp_path)
+    async def _(runtime: Runtime, client: Client) -> None:
+        typo = await start(client, 3, file={"dispaly_name": "x", "mime_type": "jsonl"})
+        assert error(typo, 400, "INVALID_ARGUMENT") == (
+            "Invalid JSON payload received. Unknown name \"dispaly_name\" at 'file': "
+            "Cannot find field."
+        )
+        head = {"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start"}
+        outside = await client.post("/upload/v1/files", json={"fiel": {}}, headers=head)
+        assert 'Unknown name "fiel"' in error(outside, 400, "INVALID_ARGUMENT")
+        # every File field the SDK may send, in either spelling, is known
+        everything = {
+            "name": "files/all-fields",
+            "display_name": "d",
+            "mimeType": "jsonl",
+            "size_bytes": 3,
+            "sha256Hash": "x",
+            "uri": "u",
+            "download_uri": "u",
+            "state": "ACTIVE",
+            "source": "UPLOADED",
+            "createTime": "2026-01-01T00:00:00Z",
+            "expiration_time": "2026-01-01T00:00:00Z",
+            "video_metadata": {},
+        }
+        assert (await start(client, 3, file=everything)).status_code == 200
+        assert (await client.get("/v1/files")).json().get("files", []) == []
+
+
 def test_empty_file(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, b"")
         assert file["sizeBytes"] == "0"
-        assert file["sha256Hash"] == hashlib.sha256(b"").hexdigest()
+        assert file["sha256Hash"] == b64_sha256(b"")
 
 
 def test_offset_beyond_received_is_refused(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         url = (await start(client, 20)).headers["x-goog-upload-url"]
         await chunk(client, url, b"0123456789", 0)
         gap = await chunk(client, url, b"0123456789", 15, final=True)
@@ -253,7 +288,7 @@ def test_offset_beyond_received_is_refused(tmp_path: Path) -> None:
 
 def test_size_mismatch_and_too_many_bytes(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         url = (await start(client, 10)).headers["x-goog-upload-url"]
         short = await chunk(client, url, b"12345", 0, final=True)
         message = error(short, 400, "INVALID_ARGUMENT")
@@ -264,7 +299,7 @@ def test_size_mismatch_and_too_many_bytes(tmp_path: Path) -> None:
 
 def test_upload_limit(tmp_path: Path) -> None:
     @scenario(tmp_path, max_upload_bytes=100)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         message = error(await start(client, 101), 400, "INVALID_ARGUMENT")
         assert "100 bytes" in message and "server.max_upload_bytes" in message
         # without a declared size the limit is enforced while streaming
@@ -276,20 +311,20 @@ def test_upload_limit(tmp_path: Path) -> None:
 
 def test_unknown_and_expired_sessions(tmp_path: Path) -> None:
     @scenario(tmp_path, upload_session_minutes=0.001)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         unknown = "/upload/v1/files?upload_id=nope&upload_protocol=resumable"
         error(await chunk(client, unknown, b"x", 0), 404, "NOT_FOUND")
         url = (await start(client, 1)).headers["x-goog-upload-url"]
         await asyncio.sleep(0.1)
         error(await chunk(client, url, b"x", 0, final=True), 404, "NOT_FOUND")
-        assert await upload_service_for(services).sweep_expired() == 1
-        assert not list(services.blobs.path("uploads").iterdir())
+        assert await runtime.services.uploads.sweep_expired() == 1
+        assert not list(runtime.blobs.path("uploads").iterdir())
 
 
 def test_chunks_need_no_api_key(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
-        key = await create_key(services.store.keys, "alice")
+    async def _(runtime: Runtime, client: Client) -> None:
+        key = await runtime.services.keys.create("alice")
         error(await start(client, 3), 401, "UNAUTHENTICATED")
         started = await start(client, 3, headers={"x-goog-api-key": key})
         url = started.headers["x-goog-upload-url"]
@@ -303,9 +338,11 @@ def test_chunks_need_no_api_key(tmp_path: Path) -> None:
 
 def test_list_pages(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         for i in range(5):
-            await services.files.create_from_chunks("default", [b"x" * i], display_name=f"f{i}")
+            await runtime.services.files.create_from_chunks(
+                "default", [b"x" * i], display_name=f"f{i}"
+            )
         names: list[str] = []
         token = None
         pages = 0
@@ -330,11 +367,11 @@ def test_list_pages(tmp_path: Path, database_url: str) -> None:
 
 def test_other_tenants_files_are_not_found(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
-        alice = {"x-goog-api-key": await create_key(services.store.keys, "alice")}
-        bob = {"x-goog-api-key": await create_key(services.store.keys, "bob")}
+    async def _(runtime: Runtime, client: Client) -> None:
+        alice = {"x-goog-api-key": await runtime.services.keys.create("alice")}
+        bob = {"x-goog-api-key": await runtime.services.keys.create("bob")}
         file = await upload(client, b"secret", headers=alice)
-        generated = await generated_file(services, b"alice's results", tenant="alice")
+        generated = await generated_file(runtime, b"alice's results", tenant="alice")
         for name in (file["name"], generated.name):
             error(await client.get(f"/v1/{name}", headers=bob), 404, "NOT_FOUND")
             error(await client.delete(f"/v1/{name}", headers=bob), 404, "NOT_FOUND")
@@ -352,8 +389,8 @@ def test_download_generated_file(tmp_path: Path, database_url: str) -> None:
     data = b"".join(b'{"key": "%d", "response": {}}\n' % i for i in range(100_000))
 
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
-        file = await generated_file(services, data)
+    async def _(runtime: Runtime, client: Client) -> None:
+        file = await generated_file(runtime, data)
         body = (await client.get(f"/v1/{file.name}")).json()
         assert body["downloadUri"] == f"http://testserver/v1/{file.name}:download?alt=media"
         assert "expirationTime" not in body
@@ -370,7 +407,7 @@ def test_download_generated_file(tmp_path: Path, database_url: str) -> None:
 
 def test_uploaded_file_download_refused(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, b"abc")
         refused = await client.get(f"/v1/{file['name']}:download", params={"alt": "media"})
         assert "only generated files" in error(refused, 400, "FAILED_PRECONDITION")
@@ -378,34 +415,34 @@ def test_uploaded_file_download_refused(tmp_path: Path) -> None:
 
 def test_delete(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, b"abc")
-        stored = await services.files.get(None, file["name"])
+        stored = await runtime.services.files.get(None, file["name"])
         deleted = await client.delete(f"/v1/{file['name']}")
         assert deleted.status_code == 200 and deleted.json() == {}
         error(await client.get(f"/v1/{file['name']}"), 404, "NOT_FOUND")
         error(await client.delete(f"/v1/{file['name']}"), 404, "NOT_FOUND")
-        assert not services.blobs.path(stored.blob_key).exists()
+        assert not runtime.blobs.path(stored.blob_key).exists()
 
 
 def test_expired_files_are_swept(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url, file_retention_hours=1)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, b"abc")
-        stored = await services.files.get(None, file["name"])
+        stored = await runtime.services.files.get(None, file["name"])
         assert stored.expire_time is not None
         assert abs(stored.expire_time - stored.create_time - 3600) < 1
-        keep = await generated_file(services, b"no expiry")
-        assert await services.files.sweep_expired(now=stored.expire_time - 1) == 0
-        assert await services.files.sweep_expired(now=stored.expire_time + 1) == 1
+        keep = await generated_file(runtime, b"no expiry")
+        assert await runtime.services.files.sweep_expired(now=stored.expire_time - 1) == 0
+        assert await runtime.services.files.sweep_expired(now=stored.expire_time + 1) == 1
         error(await client.get(f"/v1/{file['name']}"), 404, "NOT_FOUND")
-        assert not services.blobs.path(stored.blob_key).exists()
+        assert not runtime.blobs.path(stored.blob_key).exists()
         assert (await client.get(f"/v1/{keep.name}")).status_code == 200
 
 
 def test_unknown_version_and_protocol(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         error(await client.get("/v9/files"), 404, "NOT_FOUND")
         raw = await client.post(
             "/upload/v1/files", content=b"x", headers={"X-Goog-Upload-Command": "upload"}
@@ -416,30 +453,30 @@ def test_unknown_version_and_protocol(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mime", ["jsonl", "application/jsonl", "text/plain", "application/json"])
 def test_mime_types_stored_as_given(tmp_path: Path, mime: str) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, b"{}\n", headers={"X-Goog-Upload-Header-Content-Type": mime})
         assert file["mimeType"] == mime
 
 
 def test_sweep_keeps_the_input_of_an_unfinished_batch(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url, file_retention_hours=1)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         line = b'{"key": "a", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n'
         file = await upload(client, line)
-        stored = await services.files.get(None, file["name"])
+        stored = await runtime.services.files.get(None, file["name"])
         assert stored.expire_time is not None
-        await services.batches.create_from_file(
+        await runtime.services.batches.create_from_file(
             "default", model="echo", kind=BatchKind.GENERATE, file_id=stored.id
         )
-        assert await services.files.sweep_expired(now=stored.expire_time + 1) == 0
-        assert services.blobs.path(stored.blob_key).exists()
+        assert await runtime.services.files.sweep_expired(now=stored.expire_time + 1) == 0
+        assert runtime.blobs.path(stored.blob_key).exists()
 
 
 def test_query_cancel_and_concurrent_resends(tmp_path: Path) -> None:
     data = b"z" * 300_000
 
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         url = (await start(client, len(data))).headers["x-goog-upload-url"]
         # the same chunk sent twice at once: one appends, the other is a no-op
         replies = await asyncio.gather(
@@ -449,11 +486,11 @@ def test_query_cancel_and_concurrent_resends(tmp_path: Path) -> None:
         query = await client.post(url, headers={"X-Goog-Upload-Command": "query"})
         assert query.headers["x-goog-upload-size-received"] == "200000"
         final = await chunk(client, url, data[200_000:], 200_000, final=True)
-        assert final.json()["file"]["sha256Hash"] == hashlib.sha256(data).hexdigest()
+        assert final.json()["file"]["sha256Hash"] == b64_sha256(data)
 
         url = (await start(client, 10)).headers["x-goog-upload-url"]
         await chunk(client, url, b"12345", 0)
         cancelled = await client.post(url, headers={"X-Goog-Upload-Command": "cancel"})
         assert cancelled.status_code == 200
         error(await chunk(client, url, b"67890", 5, final=True), 404, "NOT_FOUND")
-        assert not list(services.blobs.path("uploads").iterdir())
+        assert not list(runtime.blobs.path("uploads").iterdir())

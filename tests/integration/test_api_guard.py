@@ -26,7 +26,7 @@ from tests.helpers import request
 from tests.serving import FAKE_MODELS, running_server
 
 from overnight.api.server import create_app
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.cli.serve import check_bind
 from overnight.config import load_settings
 from overnight.errors import ConfigError
@@ -375,13 +375,13 @@ def test_allow_unauthenticated_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async def go() -> None:
-        services = await build_services(fake_settings(tmp_path))
+        runtime = await build_runtime(fake_settings(tmp_path))
         try:
-            services.settings.server.allow_unauthenticated = True
+            runtime.settings.server.allow_unauthenticated = True
             with caplog.at_level(logging.WARNING):
-                check_bind(services, "0.0.0.0")
+                check_bind(runtime.services, "0.0.0.0")
         finally:
-            await services.close()
+            await runtime.close()
 
     run(go())
     assert "without API keys" in caplog.text
@@ -411,8 +411,8 @@ def test_allowed_hosts_and_trusted_proxies_settings(tmp_path: Path) -> None:
         load_settings(environ={"OVERNIGHT_SERVER__TRUSTED_PROXIES": "a-proxy"})
 
     async def go() -> None:
-        services = await build_services(settings)
-        transport = httpx.ASGITransport(app=create_app(services))
+        runtime = await build_runtime(settings)
+        transport = httpx.ASGITransport(app=create_app(runtime.services))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
                 for host in ("a.example.com", "b.a.example.com:80", "example.com", "api.test"):
@@ -422,6 +422,6 @@ def test_allowed_hosts_and_trusted_proxies_settings(tmp_path: Path) -> None:
                     answer = await client.get("/v1/models", headers={"Host": host})
                     assert answer.status_code == 403, (host, answer.text)
         finally:
-            await services.close()
+            await runtime.close()
 
     run(go())

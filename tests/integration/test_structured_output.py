@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 from tests.helpers import drive, output_lines, request, write_jsonl
 
-from overnight.app import build_services
+from overnight.app import build_runtime
 from overnight.backends.schema import OutputConstraint, output_constraint
 from overnight.backends.transformers import TransformersBackend
 from overnight.config import builtin_models, load_settings
@@ -217,10 +217,12 @@ def test_a_file_batch_of_assorted_schemas(tmp_path: Path, model_cache_dir: Path)
     )
 
     async def go() -> list[dict[str, Any]]:
-        svc = await build_services(settings)
+        svc = await build_runtime(settings)
         try:
-            file = await svc.files.import_path("t", write_jsonl(tmp_path / "in.jsonl", _lines()))
-            created = await svc.batches.create_from_file(
+            file = await svc.services.files.import_path(
+                "t", write_jsonl(tmp_path / "in.jsonl", _lines())
+            )
+            created = await svc.services.batches.create_from_file(
                 "t", model=MODEL, kind=BatchKind.GENERATE, file_id=file.id
             )
             batch = await drive(svc, created.id, timeout=600)

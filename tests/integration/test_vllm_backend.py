@@ -24,7 +24,7 @@ import pytest
 from tests.helpers import drive, output_lines, read_jsonl, write_jsonl
 from tests.helpers import request as line_request
 
-from overnight.app import Services, build_services
+from overnight.app import Runtime, build_runtime
 from overnight.backends.base import Backend
 from overnight.config import builtin_models, load_settings
 from overnight.domain.batches import BatchKind, BatchState
@@ -93,7 +93,7 @@ class Borrowed:
         pass  # the module fixture owns the engine
 
 
-async def services(tmp_path: Path, backend: Backend, **engine: Any) -> Services:
+async def services(tmp_path: Path, backend: Backend, **engine: Any) -> Runtime:
     settings = load_settings(
         environ={},
         overrides={
@@ -101,14 +101,14 @@ async def services(tmp_path: Path, backend: Backend, **engine: Any) -> Services:
             "engine": {"heartbeat_seconds": 0.2, "poll_seconds": 0.02, **engine},
         },
     )
-    svc = await build_services(settings)
+    svc = await build_runtime(settings)
     svc.pool.add(NAME, Borrowed(backend))
     return svc
 
 
-async def submit(svc: Services, path: Path) -> str:
-    file = await svc.files.import_path("t", path)
-    batch = await svc.batches.create_from_file(
+async def submit(svc: Runtime, path: Path) -> str:
+    file = await svc.services.files.import_path("t", path)
+    batch = await svc.services.batches.create_from_file(
         "t", model=NAME, kind=BatchKind.GENERATE, file_id=file.id
     )
     return batch.id
@@ -159,45 +159,16 @@ def test_unknown_option_is_a_config_error_naming_it(tmp_path: Path) -> None:
         VllmBackend(NAME, bad, tmp_path)
 
 
-def test_cpu_allocator_preloads_tcmalloc_for_the_engine_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import overnight.backends.vllm as vllm_backend
-    from overnight.backends.vllm import VllmBackend
-    from overnight.errors import BackendUnavailable
-
-    def backend(allocator: str) -> VllmBackend:
-        options = {"cpu_allocator": allocator}
-        return VllmBackend(
-            NAME, builtin_models()[NAME].model_copy(update={"options": options}), tmp_path
-        )
-
-    monkeypatch.setenv("LD_PRELOAD", "/opt/other.so")
-    monkeypatch.setattr(vllm_backend, "find_tcmalloc", lambda: "/lib/libtcmalloc_minimal.so.4")
-    backend("system")._preload_allocator()
-    assert os.environ["LD_PRELOAD"] == "/opt/other.so"
-    backend("auto")._preload_allocator()
-    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4:/opt/other.so"
-    backend("auto")._preload_allocator()  # a second model does not add it twice
-    assert os.environ["LD_PRELOAD"].count("libtcmalloc") == 1
-
-    monkeypatch.delenv("LD_PRELOAD")
-    monkeypatch.setattr(vllm_backend, "find_tcmalloc", lambda: None)
-    backend("auto")._preload_allocator()  # missing: the system allocator, no error
-    assert "LD_PRELOAD" not in os.environ
-    with pytest.raises(BackendUnavailable, match="apt-get install libtcmalloc-minimal4"):
-        backend("tcmalloc")._preload_allocator()
-
-
 def test_the_running_engine_uses_tcmalloc_where_the_machine_has_it(backend: Any) -> None:
-    from overnight.backends.vllm import _children, find_tcmalloc
+    from overnight.backends.vllm_runtime import find_tcmalloc
+    from overnight.backends.vllm_watchdog import children
 
     if find_tcmalloc() is None:
         why = "no tcmalloc on this machine (apt-get install libtcmalloc-minimal4)"
         if os.environ.get("OVERNIGHT_REQUIRE_TCMALLOC") == "1":
             pytest.fail(why)
         pytest.skip(why)
-    engine_pids = _children(os.getpid())
+    engine_pids = children(os.getpid())
     assert engine_pids, "the engine runs in child processes"
     maps = []
     for pid in engine_pids:
@@ -415,6 +386,58 @@ def test_a_bad_schema_rejects_only_its_request(backend: Any, runner: asyncio.Run
     assert isinstance(good, GenerateResult)
 
 
+def test_function_calling_any_and_validated(backend: Any, runner: asyncio.Runner) -> None:
+    """Mode ANY and VALIDATED through vLLM's structured outputs (docs/function-calling.md)."""
+    add = {
+        "name": "add",
+        "parametersJsonSchema": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    }
+    weather = {
+        "name": "get_weather",
+        "parameters": {
+            "type": "OBJECT",
+            "properties": {"city": {"type": "STRING", "maxLength": 20}},
+            "required": ["city"],
+        },
+    }
+
+    def call(text: str, mode: str, allowed: list[str] | None = None) -> GenerateRequest:
+        config: dict[str, Any] = {"mode": mode}
+        if allowed:
+            config["allowedFunctionNames"] = allowed
+        return GenerateRequest.model_validate(
+            {
+                "contents": [{"role": "user", "parts": [{"text": text}]}],
+                "tools": [{"functionDeclarations": [add, weather]}],
+                "toolConfig": {"functionCallingConfig": config},
+                "generationConfig": {"maxOutputTokens": 64},
+            }
+        )
+
+    found = results(
+        runner,
+        backend,
+        call("What is 2 plus 3?", "ANY"),
+        call("Weather in Paris?", "ANY", ["get_weather"]),
+        call("Weather in Oslo?", "VALIDATED"),
+    )
+    schemas = {
+        "add": add["parametersJsonSchema"],
+        "get_weather": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    for result in found[:2]:
+        (made,) = result.candidates[0].function_calls
+        jsonschema.validate(made.args, schemas[made.name])
+    assert found[1].candidates[0].function_calls[0].name == "get_weather"
+    validated = found[2].candidates[0]
+    cut = validated.finish_reason == "MAX_TOKENS"  # a call that ran out of tokens
+    assert validated.function_calls or cut or not validated.text.startswith("{")
+
+
 def test_a_prompt_over_max_input_tokens_is_rejected(backend: Any, runner: asyncio.Runner) -> None:
     (too_long,) = generate(runner, backend, request("word " * 800, maxOutputTokens=4))
     assert isinstance(too_long, RequestRejected) and "max_input_tokens" in too_long.message
@@ -470,11 +493,6 @@ def test_embeddings_through_the_pooling_runner_match_sentence_transformers(
 # ---- cancellation ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known regression under investigation (see the issue 11/12 closing note): run "
-    "after the model tests, the call after a cancelled one takes ~55 s; alone it passes",
-)
 def test_cancelling_a_call_aborts_its_requests_in_the_engine(
     backend: Any, runner: asyncio.Runner
 ) -> None:
@@ -511,10 +529,10 @@ def test_cancelling_a_batch_stops_it_mid_run(
         batch_id = await submit(svc, write_jsonl(tmp_path / "in.jsonl", lines))
         run = asyncio.create_task(drive(svc, batch_id, workers=2, timeout=300))
         deadline = time.monotonic() + 240
-        while (await svc.batches.get(None, batch_id)).done_count == 0:
+        while (await svc.services.batches.get(None, batch_id)).done_count == 0:
             assert time.monotonic() < deadline and not run.done(), "the batch never got going"
             await asyncio.sleep(0.1)
-        await svc.batches.cancel(None, batch_id)
+        await svc.services.batches.cancel(None, batch_id)
         batch = await run
         assert batch.state is BatchState.CANCELLED
         assert 0 < batch.done_count < 320

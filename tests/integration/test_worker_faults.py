@@ -22,7 +22,7 @@ from tests.conftest import fake_settings
 from tests.faults import TcpProxy
 from tests.helpers import mounted_tmpfs, output_lines, request, write_jsonl
 
-from overnight.app import Services, build_services
+from overnight.app import Runtime, build_runtime
 from overnight.backends.fake import FakeBackend
 from overnight.config import Settings
 from overnight.domain.batches import Batch, BatchKind, BatchState
@@ -41,22 +41,22 @@ def settings_for(tmp_path: Path, database_url: str, **engine: Any) -> Settings:
     return settings
 
 
-async def submit(svc: Services, tenant: str, name: str, n: int, model: str = "slow") -> Batch:
+async def submit(runtime: Runtime, tenant: str, name: str, n: int, model: str = "slow") -> Batch:
     src = write_jsonl(
-        svc.settings.data_dir.parent / f"{name}.jsonl",
+        runtime.settings.data_dir.parent / f"{name}.jsonl",
         ({"key": f"{name}-{i}", "request": request(f"{name} {i}")} for i in range(n)),
     )
-    file = await svc.files.import_path(tenant, src)
-    return await svc.batches.create_from_file(
+    file = await runtime.services.files.import_path(tenant, src)
+    return await runtime.services.batches.create_from_file(
         tenant, model=model, kind=BatchKind.GENERATE, file_id=file.id
     )
 
 
 @asynccontextmanager
-async def working(svc: Services, loops: int = 2) -> AsyncIterator[Worker]:
+async def working(runtime: Runtime, loops: int = 2) -> AsyncIterator[Worker]:
     """One unscoped worker for the whole test; it must still be running at the end."""
     stop = asyncio.Event()
-    worker = svc.worker()
+    worker = runtime.worker()
     task = asyncio.create_task(worker.run(stop, concurrency=loops))
     try:
         yield worker
@@ -73,25 +73,25 @@ async def until(check: Callable[[], Any], timeout: float = 30, what: str = "") -
         await asyncio.sleep(0.02)
 
 
-async def finished(svc: Services, *batches: Batch, timeout: float = 20) -> list[Batch]:
+async def finished(runtime: Runtime, *batches: Batch, timeout: float = 60) -> list[Batch]:
     async def all_final() -> bool:
-        return all([(await svc.batches.get(None, b.id)).finalized for b in batches])
+        return all([(await runtime.services.batches.get(None, b.id)).finalized for b in batches])
 
     await until(all_final, timeout, f"{[b.name for b in batches]} to finish")
-    return [await svc.batches.get(None, b.id) for b in batches]
+    return [await runtime.services.batches.get(None, b.id) for b in batches]
 
 
-async def progressed(svc: Services, batch: Batch, at_least: int) -> None:
+async def progressed(runtime: Runtime, batch: Batch, at_least: int) -> None:
     async def check() -> bool:
-        return (await svc.batches.get(None, batch.id)).done_count >= at_least
+        return (await runtime.services.batches.get(None, batch.id)).done_count >= at_least
 
     await until(check, 30, f"{batch.name} to answer {at_least} requests")
 
 
-async def assert_every_key_once(svc: Services, batch: Batch, name: str, n: int) -> None:
+async def assert_every_key_once(runtime: Runtime, batch: Batch, name: str, n: int) -> None:
     assert batch.state is BatchState.SUCCEEDED, batch
     assert (batch.succeeded_count, batch.failed_count) == (n, 0)
-    keys = [line["key"] for line in await output_lines(svc, batch)]
+    keys = [line["key"] for line in await output_lines(runtime, batch)]
     assert keys == [f"{name}-{i}" for i in range(n)]
 
 
@@ -102,14 +102,14 @@ def test_input_deleted_mid_run_fails_only_that_batch(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def go() -> None:
-        svc = await build_services(settings_for(tmp_path, database_url))
-        poisoned = await submit(svc, "alice", "a", 60)
-        other = await submit(svc, "bob", "b", 20)
-        async with working(svc):
-            await progressed(svc, poisoned, 4)
-            input_file = await svc.files.get("alice", poisoned.input_file_id or "")
-            svc.blobs.delete(input_file.blob_key)  # behind Overnight's back
-            poisoned, other = await finished(svc, poisoned, other)
+        runtime = await build_runtime(settings_for(tmp_path, database_url))
+        poisoned = await submit(runtime, "alice", "a", 60)
+        other = await submit(runtime, "bob", "b", 20)
+        async with working(runtime):
+            await progressed(runtime, poisoned, 4)
+            input_file = await runtime.services.files.get("alice", poisoned.input_file_id or "")
+            runtime.blobs.delete(input_file.blob_key)  # behind Overnight's back
+            poisoned, other = await finished(runtime, poisoned, other)
         assert poisoned.state is BatchState.FAILED
         assert poisoned.error is not None
         assert f"the input file files/{input_file.id} was deleted while the batch ran" in (
@@ -117,10 +117,10 @@ def test_input_deleted_mid_run_fails_only_that_batch(
         )
         assert "create the batch again from a new upload" in poisoned.error
         assert 4 <= poisoned.succeeded_count < 60  # the finished shards are kept
-        await assert_every_key_once(svc, other, "b", 20)
+        await assert_every_key_once(runtime, other, "b", 20)
         failing = [r for r in caplog.records if "failing the batch" in r.getMessage()]
         assert failing and poisoned.id in failing[0].getMessage()
-        await svc.close()
+        await runtime.close()
 
     asyncio.run(go())
 
@@ -129,25 +129,25 @@ def test_finalize_failure_fails_only_that_batch(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def go() -> None:
-        svc = await build_services(settings_for(tmp_path, database_url))
-        poisoned = await submit(svc, "alice", "a", 6, model="echo")
-        other = await submit(svc, "bob", "b", 6, model="echo")
+        runtime = await build_runtime(settings_for(tmp_path, database_url))
+        poisoned = await submit(runtime, "alice", "a", 6, model="echo")
+        other = await submit(runtime, "bob", "b", 6, model="echo")
         # A file row already holds the id the responses file is to get.
-        some = await svc.files.get("alice", poisoned.input_file_id or "")
+        some = await runtime.services.files.get("alice", poisoned.input_file_id or "")
         squatter = dataclasses.replace(some, id=output_file_id(poisoned.id))
-        await svc.store.files.create_file(squatter)
-        async with working(svc):
-            poisoned, other = await finished(svc, poisoned, other)
-            late = await submit(svc, "bob", "c", 4, model="echo")
-            (late,) = await finished(svc, late)
+        await runtime.store.files.create_file(squatter)
+        async with working(runtime):
+            poisoned, other = await finished(runtime, poisoned, other)
+            late = await submit(runtime, "bob", "c", 4, model="echo")
+            (late,) = await finished(runtime, late)
         assert poisoned.state is BatchState.FAILED and poisoned.output_file_id is None
         assert poisoned.error is not None and "already exists" in poisoned.error
         assert "create the batch again" in poisoned.error
-        await assert_every_key_once(svc, other, "b", 6)
-        await assert_every_key_once(svc, late, "c", 4)
+        await assert_every_key_once(runtime, other, "b", 6)
+        await assert_every_key_once(runtime, late, "c", 4)
         failing = [r for r in caplog.records if "failing the batch" in r.getMessage()]
         assert failing and f"finalization of batches/{poisoned.id}" in failing[0].getMessage()
-        await svc.close()
+        await runtime.close()
 
     asyncio.run(go())
 
@@ -173,24 +173,24 @@ def test_unexpected_error_is_logged_contained_and_others_run(
     async def go() -> None:
         settings = settings_for(tmp_path, database_url, max_shard_attempts=2)
         settings.models["boom"] = settings.models["echo"]
-        svc = await build_services(settings)
-        svc.pool.add("boom", Exploding())  # type: ignore[arg-type]
-        broken = await submit(svc, "alice", "a", 3, model="boom")
-        other = await submit(svc, "bob", "b", 10, model="echo")
-        async with working(svc):
-            broken, other = await finished(svc, broken, other)
-        await assert_every_key_once(svc, other, "b", 10)
+        runtime = await build_runtime(settings)
+        runtime.pool.add("boom", Exploding())  # type: ignore[arg-type]
+        broken = await submit(runtime, "alice", "a", 3, model="boom")
+        other = await submit(runtime, "bob", "b", 10, model="echo")
+        async with working(runtime):
+            broken, other = await finished(runtime, broken, other)
+        await assert_every_key_once(runtime, other, "b", 10)
         # Each shard failed twice (max_shard_attempts), then its lines got the error.
         assert broken.state is BatchState.SUCCEEDED
         assert (broken.succeeded_count, broken.failed_count) == (0, 3)
-        lines = await output_lines(svc, broken)
+        lines = await output_lines(runtime, broken)
         assert all("the kernel fell over" in line["error"]["message"] for line in lines)
-        assert [s.attempts for s in await svc.store.queue.list_shards(broken.id)] == [2, 2]
+        assert [s.attempts for s in await runtime.store.queue.list_shards(broken.id)] == [2, 2]
         logged = [r for r in caplog.records if r.exc_info and broken.id in r.getMessage()]
         assert logged, "the error was not logged with its batch"
         assert logged[0].getMessage().startswith(f"batches/{broken.id} shard ")
         assert "RuntimeError" in caplog.text
-        await svc.close()
+        await runtime.close()
 
     asyncio.run(go())
 
@@ -216,24 +216,24 @@ class FailsOnce:
 
 def test_leases_lost_to_crashes_are_not_failed_attempts(tmp_path: Path, database_url: str) -> None:
     async def go() -> None:
-        svc = await build_services(settings_for(tmp_path, database_url, max_shard_attempts=3))
-        batch = await submit(svc, "alice", "a", 2, model="echo")
-        assert await svc.worker().step()  # admission
+        runtime = await build_runtime(settings_for(tmp_path, database_url, max_shard_attempts=3))
+        batch = await submit(runtime, "alice", "a", 2, model="echo")
+        assert await runtime.worker().step()  # admission
         for crash in range(3):  # three workers on other hosts die holding the shard
             now = time.time()
             owner = f"elsewhere:{crash}:x"
-            assert await svc.store.queue.lease_shard(
+            assert await runtime.store.queue.lease_shard(
                 owner, f"t{crash}", now=now, lease_until=now + 60
             )
-            await svc.store.queue.release_owner(owner)
+            await runtime.store.queue.release_owner(owner)
         backend = FailsOnce()
-        svc.pool.add("echo", backend)  # type: ignore[arg-type]
-        async with working(svc):
-            (batch,) = await finished(svc, batch)
+        runtime.pool.add("echo", backend)  # type: ignore[arg-type]
+        async with working(runtime):
+            (batch,) = await finished(runtime, batch)
         assert backend.failed
-        await assert_every_key_once(svc, batch, "a", 2)  # retried, not answered with errors
-        assert [s.attempts for s in await svc.store.queue.list_shards(batch.id)] == [1]
-        await svc.close()
+        await assert_every_key_once(runtime, batch, "a", 2)  # retried, not answered with errors
+        assert [s.attempts for s in await runtime.store.queue.list_shards(batch.id)] == [1]
+        await runtime.close()
 
     asyncio.run(go())
 
@@ -242,10 +242,10 @@ def test_a_loop_that_dies_is_restarted(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def go() -> None:
-        svc = await build_services(settings_for(tmp_path, database_url))
-        batch = await submit(svc, "alice", "a", 4, model="echo")
+        runtime = await build_runtime(settings_for(tmp_path, database_url))
+        batch = await submit(runtime, "alice", "a", 4, model="echo")
         stop = asyncio.Event()
-        worker = svc.worker()
+        worker = runtime.worker()
         real_loop = worker._loop
         deaths = 0
 
@@ -258,14 +258,14 @@ def test_a_loop_that_dies_is_restarted(
 
         worker._loop = dies_once  # type: ignore[method-assign]
         task = asyncio.create_task(worker.run(stop, concurrency=1))
-        (batch,) = await finished(svc, batch)
+        (batch,) = await finished(runtime, batch)
         assert not task.done()
         stop.set()
         await task
-        await assert_every_key_once(svc, batch, "a", 4)
+        await assert_every_key_once(runtime, batch, "a", 4)
         assert "worker loop 0 of worker" in caplog.text and "died; restarting" in caplog.text
         assert "a bug in the loop itself" in caplog.text
-        await svc.close()
+        await runtime.close()
 
     asyncio.run(go())
 
@@ -290,21 +290,21 @@ def test_database_outage_is_waited_out(
     url = database_url if proxy is None else proxy.url(database_url)
 
     async def go() -> None:
-        svc = await build_services(settings_for(tmp_path, url, stall_seconds=1.0))
-        first = await submit(svc, "alice", "a", 100)
-        second = await submit(svc, "bob", "b", 20)
+        runtime = await build_runtime(settings_for(tmp_path, url, stall_seconds=1.0))
+        first = await submit(runtime, "alice", "a", 100)
+        second = await submit(runtime, "bob", "b", 20)
         seen: list[str] = []
         watching = asyncio.Event()
-        async with working(svc) as worker:
+        async with working(runtime) as worker:
             watcher = asyncio.create_task(watch_health(worker, seen, watching))
-            await progressed(svc, first, 6)
+            await progressed(runtime, first, 6)
             await asyncio.to_thread(outage, 3.0)
             await until(lambda: ok(worker), 20, "the workers to recover")
-            first, second = await finished(svc, first, second)
+            first, second = await finished(runtime, first, second)
             watching.set()
             await watcher
-        await assert_every_key_once(svc, first, "a", 100)
-        await assert_every_key_once(svc, second, "b", 20)
+        await assert_every_key_once(runtime, first, "a", 100)
+        await assert_every_key_once(runtime, second, "b", 20)
         degraded = [s for s in seen if s != "ok"]
         assert degraded, "health never said degraded during the outage"
         if on_sqlite:
@@ -314,7 +314,7 @@ def test_database_outage_is_waited_out(
             assert "retrying in" in caplog.text
         assert seen[-1] == "ok"
         assert "degraded:" in caplog.text and "recovered after" in caplog.text
-        await svc.close()
+        await runtime.close()
 
     async def ok(worker: Worker) -> bool:
         return bool(worker.health.report()["status"] == "ok")
@@ -348,28 +348,28 @@ def test_full_disk_is_waited_out(
         async def go() -> None:
             settings = settings_for(tmp_path, database_url)
             settings.blob_url = str(blob_dir)
-            svc = await build_services(settings)
-            first = await submit(svc, "alice", "a", 60)
-            second = await submit(svc, "bob", "b", 10)
+            runtime = await build_runtime(settings)
+            first = await submit(runtime, "alice", "a", 60)
+            second = await submit(runtime, "bob", "b", 10)
             seen: list[str] = []
             watching = asyncio.Event()
-            async with working(svc) as worker:
+            async with working(runtime) as worker:
                 watcher = asyncio.create_task(watch_health(worker, seen, watching))
-                await progressed(svc, first, 6)
+                await progressed(runtime, first, 6)
                 filler = blob_dir / "filler"
                 await asyncio.to_thread(fill, filler)
                 await until(lambda: is_full(worker), 20, "a worker to hit the full disk")
                 await asyncio.sleep(0.5)  # several retries, all failing
                 assert "cannot use the blob storage" in worker.health.report()["reason"]
                 filler.unlink()
-                first, second = await finished(svc, first, second)
+                first, second = await finished(runtime, first, second)
                 watching.set()
                 await watcher
-            await assert_every_key_once(svc, first, "a", 60)
-            await assert_every_key_once(svc, second, "b", 10)
+            await assert_every_key_once(runtime, first, "a", 60)
+            await assert_every_key_once(runtime, second, "b", 10)
             assert seen[-1] == "ok"
             assert "retrying in" in caplog.text
-            await svc.close()
+            await runtime.close()
 
         async def is_full(worker: Worker) -> bool:
             return worker.health.outage_since is not None

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from overnight.backends.base import Capabilities, check_embed, check_generate, prompt_text
+from overnight.domain.capabilities import Capabilities, check_embed, check_generate, prompt_text
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.errors import RequestRejected
 
@@ -121,13 +121,48 @@ def test_cached_content_rejected() -> None:
         ("frequency_penalty", 0.5, "frequencyPenalty"),
         ("responseLogprobs", True, "responseLogprobs"),
         ("responseSchema", {"type": "STRING"}, "responseSchema"),
-        ("responseModalities", ["IMAGE"], "responseModalities"),
+        ("audioTranscriptionConfig", {}, "audioTranscriptionConfig"),
     ],
 )
 def test_unsupported_generation_field_named(field: str, value: Any, camel: str) -> None:
     message = rejected(gen(generationConfig={field: value}))
     assert message.startswith(f"generationConfig.{camel}:")
     assert "text-lm" in message
+
+
+@pytest.mark.parametrize("modalities", [["TEXT"], ["text"], ["Text"], []])
+def test_text_model_honours_text_response_modality(modalities: list[str]) -> None:
+    # The SDK README's batch examples set response_modalities=["text"].
+    check_generate(gen(generationConfig={"responseModalities": modalities}), TEXT_MODEL)
+
+
+@pytest.mark.parametrize("modality", ["IMAGE", "audio"])
+def test_text_model_refuses_other_response_modalities(modality: str) -> None:
+    message = rejected(gen(generationConfig={"responseModalities": ["TEXT", modality]}))
+    assert message.startswith("generationConfig.responseModalities[1]:")
+    assert f"{modality!r} is not supported by model text-lm" in message
+    assert 'ask for ["TEXT"]' in message
+    assert f"configure a model that produces {modality.lower()} output" in message
+
+
+def test_image_model_may_answer_images() -> None:
+    caps = Capabilities(
+        model_version="painter", generate=True, output_modalities=frozenset({"text", "image"})
+    )
+    check_generate(gen(generationConfig={"responseModalities": ["TEXT", "IMAGE"]}), caps)
+
+
+def test_relaying_model_passes_response_modalities_on() -> None:
+    caps = Capabilities(
+        model_version="relay",
+        generate=True,
+        generation_fields=frozenset({"response_modalities"}),
+    )
+    check_generate(gen(generationConfig={"responseModalities": ["IMAGE"]}), caps)
+
+
+def test_continuation_token_is_known_but_refused() -> None:
+    assert rejected(gen(continuationToken="abc")).startswith("continuationToken:")
 
 
 def test_explicit_null_generation_field_is_ignored() -> None:

@@ -107,3 +107,14 @@ def test_alias_to_missing_model_is_rejected(tmp_path: Path) -> None:
         catalog(tmp_path, aliases={"gpt-*": "no-such-model"})
     assert "'gpt-*'" in info.value.message
     assert "'no-such-model'" in info.value.message
+
+
+def test_kinds_come_from_the_backend_registry(tmp_path: Path) -> None:
+    from overnight.backends.registry import BACKENDS
+
+    models = {f"m-{name}": {"backend": name} for name in BACKENDS}
+    for model in ("m-openai", "m-gemini"):
+        models[model]["base_url"] = "http://127.0.0.1:9/v1"
+    cat = catalog(tmp_path, models=models)
+    for name, entry in BACKENDS.items():
+        assert cat.resolve(f"m-{name}").kinds == entry.kinds

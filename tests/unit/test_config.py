@@ -235,3 +235,62 @@ def test_client_variables_do_not_disturb_the_settings() -> None:
         }
     )
     assert settings.server.port == 9000
+
+
+def test_a_models_options_are_checked_against_its_backend(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "opts.toml",
+        '[models.mine]\nbackend = "transformers"\noptions = { thread = 2 }\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    message = info.value.message
+    assert str(path) in message
+    assert "models.mine: options.thread: unknown transformers option (did you mean threads?)" in (
+        message
+    )
+    assert "known transformers options: threads, model_version" in message
+
+
+def test_a_bad_option_value_says_what_is_allowed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            environ={},
+            overrides={"models": {"v": {"backend": "vllm", "options": {"cpu_allocator": "x"}}}},
+        )
+    assert "models.v: options.cpu_allocator: Input should be 'auto', 'tcmalloc' or 'system'" in (
+        info.value.message
+    )
+    with pytest.raises(ConfigError, match=r"models\.t: options\.threads: must be \"auto\""):
+        load_settings(
+            environ={
+                "OVERNIGHT_MODELS__T__BACKEND": "transformers",
+                "OVERNIGHT_MODELS__T__OPTIONS__THREADS": "many",
+            }
+        )
+
+
+def test_options_from_the_environment_are_typed() -> None:
+    settings = load_settings(
+        environ={
+            "OVERNIGHT_MODELS__ECHO__BACKEND": "fake",
+            "OVERNIGHT_MODELS__ECHO__OPTIONS__LATENCY_S": "0.25",
+        }
+    )
+    assert settings.models["echo"].options == {"latency_s": "0.25"}  # kept as given
+    from overnight.backends.options import FakeOptions
+
+    assert FakeOptions.parse("echo", settings.models["echo"].options).latency_s == 0.25
+
+
+def test_an_unknown_backend_is_named_with_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, overrides={"models": {"x": {"backend": "tensorrt"}}})
+    assert "models.x: backend: unknown backend 'tensorrt'; choose one of fake, gemini" in (
+        info.value.message
+    )
+
+
+def test_every_builtin_model_has_valid_options() -> None:
+    for name, model in builtin_models().items():
+        assert Settings(models={name: model}).models[name].backend == model.backend

@@ -1,4 +1,5 @@
-"""docs/configuration.md is generated from config.py and must stay in step with it."""
+"""docs/configuration.md is generated from config.py and the backends' option models,
+and must stay in step with them."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from overnight.backends.registry import BACKENDS
 from overnight.catalog import ModelCatalog
 from overnight.config import EngineSettings, ModelSettings, Settings, load_settings
 from overnight.config_docs import EXAMPLE_TOML, main, render_settings_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-MODELS: list[type[BaseModel]] = [Settings, EngineSettings, ModelSettings]
+MODELS: list[type[BaseModel]] = [
+    Settings,
+    EngineSettings,
+    ModelSettings,
+    *(entry.options for entry in BACKENDS.values()),
+]
 
 
 def test_checked_in_docs_match_the_generator() -> None:
@@ -63,3 +70,18 @@ def test_main_writes_the_file(tmp_path: Path) -> None:
     target = tmp_path / "out" / "configuration.md"
     assert main(["config_docs", str(target)]) == 0
     assert target.read_text(encoding="utf-8") == render_settings_markdown()
+
+
+def test_every_backend_has_its_options_table() -> None:
+    text = render_settings_markdown()
+    for name, entry in BACKENDS.items():
+        assert f"| `{name}` |" in text, f"backend {name} is missing from the Backends table"
+        section = text.split(f"### `{name}` options", 1)[1].split("\n### ", 1)[0]
+        for option, info in entry.options.model_fields.items():
+            assert f"| `{option}` |" in section, f"{name} option {option} is undocumented"
+            assert info.description is not None
+            assert info.description.replace("|", "\\|") in section
+
+
+def test_backend_option_env_names_are_documented() -> None:
+    assert "`OVERNIGHT_MODELS__<NAME>__OPTIONS__<OPTION>`" in render_settings_markdown()

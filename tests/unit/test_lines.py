@@ -172,15 +172,65 @@ def test_unknown_fields_are_named() -> None:
             }
         )
     )
-    assert "request.generationConfig.temprature: unknown field" in err.message
-    assert "request.extra: unknown field" in err.message
+    # Gemini's own words for an unknown name, one sentence each.
+    assert err.message == (
+        'line 1: Invalid JSON payload received. Unknown name "temprature" at '
+        "'request.generationConfig': Cannot find field. Invalid JSON payload received. "
+        "Unknown name \"extra\" at 'request': Cannot find field."
+    )
     assert err.key == "a"
 
 
 def test_unknown_line_field_is_named() -> None:
-    err = problem(line({"key": "a", "request": {}, "custom_id": "x"}), 3)
-    assert err.message.startswith("line 3:")
-    assert "custom_id" in err.message
+    err = problem(line({"key": "a", "request": {}, "metdata": {"m": 1}}), 3)
+    assert err.message.startswith(
+        'line 3: Invalid JSON payload received. Unknown name "metdata": Cannot find field.'
+    )
+    assert "A line holds 'key', 'request' and 'metadata'." in err.message
+    assert err.key == "a"
+
+
+def test_unknown_name_beside_other_problems() -> None:
+    err = problem(line({"request": {"contents": [{"parts": [{"text": 5, "txt": "x"}]}]}}), 2)
+    assert err.message == (
+        "line 2: request.contents[0].parts[0].text: Input should be a valid string (got 5); "
+        'Invalid JSON payload received. Unknown name "txt" at '
+        "'request.contents[0].parts[0]': Cannot find field."
+    )
+
+
+def test_inline_items_are_named_by_position() -> None:
+    with pytest.raises(LineError) as info:
+        parse_line(
+            line({"key": "2", "request": {"contents": []}}), 3, BatchKind.GENERATE, inline=True
+        )
+    assert info.value.message.startswith("inlinedRequests[2]: request.contents")
+    assert info.value.key == "2"
+
+
+def test_sdk_3_part_and_config_fields_are_known() -> None:
+    # Fields google-genai 3.x can send; refusing them as unknown would refuse the SDK.
+    parsed = generate(
+        {
+            "contents": [
+                {
+                    "parts": [
+                        {
+                            "text": "x",
+                            "mediaResolution": {"level": "MEDIA_RESOLUTION_LOW"},
+                            "partMetadata": {"a": 1},
+                        },
+                        {"toolCall": {"id": "t"}},
+                    ]
+                }
+            ],
+            "generationConfig": {"audioTranscriptionConfig": {}},
+            "continuationToken": "c",
+        }
+    )
+    request = gen_request(parsed)
+    assert request.contents[0].parts[1].kind == "toolCall"
+    assert request.continuation_token == "c"
 
 
 def test_metadata_is_echoed() -> None:

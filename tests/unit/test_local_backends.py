@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from overnight.backends.local import check_options, pick_device
+from overnight.backends.local import pick_device, pick_dtype
+from overnight.backends.options import SentenceTransformersOptions, TransformersOptions
 from overnight.errors import BackendUnavailable, ConfigError
 
 torch = pytest.importorskip("torch", reason="the local extra (torch) is not installed")
@@ -26,8 +27,18 @@ def test_cuda_without_cuda_says_so() -> None:
         pick_device(torch, "cuda:0")
 
 
-def test_unknown_options_are_named() -> None:
-    with pytest.raises(
-        ConfigError, match="unknown transformers option\\(s\\) thread; known: threads"
-    ):
-        check_options("m", "transformers", ["thread"], frozenset({"threads"}))
+def test_unknown_options_are_named_with_what_is_known() -> None:
+    with pytest.raises(ConfigError) as info:
+        TransformersOptions.parse("m", {"thread": 2})
+    assert info.value.message == (
+        "model 'm': options.thread: unknown transformers option (did you mean threads?); "
+        "known transformers options: threads, model_version"
+    )
+    with pytest.raises(ConfigError, match="unknown sentence-transformers option"):
+        SentenceTransformersOptions.parse("m", {"batch": 2})
+
+
+def test_a_fixed_dtype_is_taken_as_asked() -> None:
+    cpu = torch.device("cpu")
+    assert pick_dtype(torch, "float16", cpu) is torch.float16
+    assert pick_dtype(torch, "auto", cpu) in (torch.bfloat16, torch.float32)

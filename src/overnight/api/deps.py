@@ -6,21 +6,21 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from overnight.app import Services
+from overnight.api.auth import api_key
 from overnight.errors import NotFound
+from overnight.services.container import ServiceSet
 
 API_VERSIONS = frozenset({"v1", "v1beta", "v1alpha"})
 
 
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def get_services(request: Request) -> ServiceSet:
+    services: ServiceSet = request.app.state.services
     return services
 
 
 async def get_tenant(request: Request) -> str:
-    key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
-    tenant: str = await request.app.state.auth.tenant(key)
-    return tenant
+    """The caller's tenant, from its API key (``KeyService.authenticate``)."""
+    return await get_services(request).keys.authenticate(api_key(request))
 
 
 def check_version(
@@ -45,7 +45,7 @@ def public_base(request: Request) -> str:
     are never read here: ``guard.Guard`` has already applied those of a trusted proxy
     and checked the Host against ``server.allowed_hosts``.
     """
-    configured = request.app.state.services.settings.server.public_url
+    configured = get_services(request).settings.server.public_url
     if configured:
         return str(configured).rstrip("/")
     proto = request.url.scheme
@@ -58,7 +58,7 @@ def public_base(request: Request) -> str:
     return f"{proto}://{host}{prefix}".rstrip("/")
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+ServicesDep = Annotated[ServiceSet, Depends(get_services)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 VersionDep = Annotated[str, Depends(check_version)]
 BaseDep = Annotated[str, Depends(public_base)]

@@ -189,7 +189,11 @@ SCHEMAS: dict[str, Schema] = {
             "createTime": _TIME,
             "updateTime": _TIME,
             "expirationTime": _TIME,
-            "sha256Hash": _STRING,
+            "sha256Hash": {
+                "type": "string",
+                "format": "byte",
+                "description": "base64 of the raw SHA-256 digest",
+            },
             "uri": _STRING,
             "downloadUri": _STRING,
             "state": _STRING,

@@ -12,17 +12,16 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from overnight import __version__
-from overnight.api.auth import Authenticator
 from overnight.api.errors import install_error_handlers
-from overnight.api.gemini import batches, files, models, upload
+from overnight.api.gemini import batches, files, models, upload, webhooks
 from overnight.api.guard import Guard
 from overnight.api.limits import BodyLimit
 from overnight.api.openapi import install_openapi
-from overnight.app import Services
+from overnight.services.container import ServiceSet
 
 
-def create_app(services: Services, *, bind_host: str | None = None) -> FastAPI:
-    """Build the app over already-built services (see ``app.build_services``).
+def create_app(services: ServiceSet, *, bind_host: str | None = None) -> FastAPI:
+    """Build the app over already-built services (``app.build_runtime(...).services``).
 
     ``bind_host`` is the address ``overnight serve`` listens on (default
     ``server.host``); it is one of the Host names the app answers to (``guard.py``).
@@ -33,9 +32,8 @@ def create_app(services: Services, *, bind_host: str | None = None) -> FastAPI:
         description="A self-hosted Batch Mode for language models, speaking the Gemini API.",
     )
     app.state.services = services
-    app.state.auth = Authenticator(services.store.keys)
     install_error_handlers(app)
-    for module in (upload, files, batches, models):
+    for module in (upload, files, batches, models, webhooks):
         app.include_router(module.router)
     install_openapi(app)
     # The last added runs first: refuse foreign requests before reading any body.

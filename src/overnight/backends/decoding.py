@@ -40,6 +40,8 @@ class Row:
     seed: int
     stops: tuple[str, ...]
     grammar: Any = None  # an xgrammar CompiledGrammar: constrained decoding; None: free
+    presence_penalty: float = 0.0  # see backends.penalties
+    frequency_penalty: float = 0.0
     text: str = ""
     finish_reason: str = "STOP"
     token_count: int = 0

@@ -7,10 +7,11 @@ With structured output (``backends.schema``) it answers a minimal instance of th
 schema instead (the first enum value, the lower bounds, the required properties;
 ``pattern`` and ``format`` are not honoured), or the first ``text/x.enum`` choice.
 
-Options (``[models.NAME] options = {...}``):
+Options (``[models.NAME] options = {...}``, ``FakeOptions`` in ``backends.options``):
 - ``latency_s``: seconds each call sleeps (simulates a model), default 0.
 - ``fail_marker``: a request whose text contains it is rejected (an error line).
 - ``dimensions``: embedding size, default 8.
+- ``max_batch_size``: most requests per call, default 64.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from overnight.backends.base import (
@@ -29,20 +31,33 @@ from overnight.backends.base import (
     GenerateOutcome,
     prompt_text,
 )
+from overnight.backends.options import FakeOptions
 from overnight.backends.schema import STRUCTURED_FIELDS, STRUCTURED_MIME_TYPES, output_constraint
+from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
 from overnight.errors import RequestRejected
 
 
 class FakeBackend:
-    """Deterministic, instant (unless ``latency_s``), dependency-free."""
+    """Deterministic, instant (unless ``latency_s``), dependency-free.
 
-    def __init__(self, model_name: str, options: Mapping[str, Any] | None = None) -> None:
-        options = dict(options or {})
-        self.latency_s = float(options.get("latency_s", 0.0))
-        self.fail_marker: str | None = options.get("fail_marker")
-        self.dimensions = int(options.get("dimensions", 8))
+    Built like every backend, from a model's settings (``FakeBackend(name, settings,
+    cache_dir)``), or in tests from just its options (``FakeBackend(name, {...})``).
+    Raises ``ConfigError`` for an unknown or bad option.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        settings: ModelSettings | Mapping[str, Any] | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        raw = settings.options if isinstance(settings, ModelSettings) else settings or {}
+        options = FakeOptions.parse(model_name, raw)
+        self.latency_s = options.latency_s
+        self.fail_marker = options.fail_marker
+        self.dimensions = options.dimensions
         self.calls = 0
         self.capabilities = Capabilities(
             model_version=model_name,
@@ -50,7 +65,7 @@ class FakeBackend:
             embed=True,
             generation_fields=BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS,
             response_mime_types=frozenset({"text/plain"}) | STRUCTURED_MIME_TYPES,
-            max_batch_size=int(options.get("max_batch_size", 64)),
+            max_batch_size=options.max_batch_size,
             max_candidates=4,
             embedding_dimensions=self.dimensions,
         )
@@ -59,6 +74,7 @@ class FakeBackend:
         return None
 
     async def close(self) -> None:
+        """Nothing to release. Idempotent."""
         return None
 
     async def _pause(self) -> None:

@@ -10,7 +10,8 @@ upstream gave none. Embedding requests are packed, up to ``options.embed_batch_s
 ``base_url`` defaults to https://generativelanguage.googleapis.com and the API version
 to ``v1beta``; a ``base_url`` ending in ``/v1``, ``/v1beta`` or ``/v1alpha`` keeps its
 own. The key (``api_key`` or the variable named by ``api_key_env``) is sent as
-``x-goog-api-key`` and never logged or echoed.
+``x-goog-api-key`` and never logged or echoed. Options: ``GeminiOptions`` in
+``backends.options``. Client, limits and retries: ``UpstreamBackend``.
 """
 
 from __future__ import annotations
@@ -20,41 +21,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome
+from overnight.backends.base import Capabilities
+from overnight.backends.options import GeminiOptions
 from overnight.backends.traffic import estimate_tokens
 from overnight.backends.upstream import (
-    UpstreamSession,
+    UpstreamBackend,
     fan_out,
     malformed,
     micro_batch_size,
     require_base_url,
 )
 from overnight.config import ModelSettings
-from overnight.domain.requests import EmbedRequest, GenerateRequest, GenerationConfig
+from overnight.domain.requests import (
+    EmbedRequest,
+    FunctionCall,
+    GenerateRequest,
+    GenerationConfig,
+)
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
-from overnight.errors import ConfigError, RequestRejected
+from overnight.errors import RequestRejected
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
-OPTIONS = frozenset({"embed_batch_size"})
 _VERSIONED = re.compile(r"/v1(alpha|beta)?$")
 
 
-class GeminiBackend:
+class GeminiBackend(UpstreamBackend):
     """Generation and embeddings through a Gemini-compatible HTTP server."""
 
     def __init__(self, name: str, settings: ModelSettings, cache_dir: Path | None = None) -> None:
-        unknown = set(settings.options) - OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"model {name!r}: unknown option(s) {', '.join(sorted(unknown))} for backend "
-                f"gemini; known: {', '.join(sorted(OPTIONS))}"
-            )
+        self.options = GeminiOptions.parse(name, settings.options)
+        super().__init__(name, settings, embed_batch_size=self.options.embed_batch_size)
         base = require_base_url(name, settings, DEFAULT_BASE_URL)
         self.base_url = base if _VERSIONED.search(base) else f"{base}/v1beta"
         self.upstream_model = (settings.model or name).removeprefix("models/")
-        self.embed_batch_size = int(settings.options.get("embed_batch_size", 100))
-        self.session = UpstreamSession(name, settings, _headers)
-        self.settings = settings
         self.capabilities = Capabilities(
             model_version=self.upstream_model,
             generate=True,
@@ -78,22 +77,17 @@ class GeminiBackend:
             tools=True,
         )
 
+    @staticmethod
+    def auth_headers(key: str | None) -> dict[str, str]:
+        return {"x-goog-api-key": key} if key else {}
+
     def _url(self, method: str) -> str:
         return f"{self.base_url}/models/{self.upstream_model}:{method}"
 
-    async def start(self) -> None:
-        self.session.start()
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateOutcome]:
-        return await fan_out(requests, self._generate_one)
-
-    async def _generate_one(self, request: GenerateRequest) -> GenerateResult:
+    async def generate_one(self, request: GenerateRequest) -> GenerateResult:
         body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
         body.pop("model", None)
-        reply = await self.session.traffic.post(
+        reply = await self.post(
             self._url("generateContent"),
             body,
             tokens=self.session.generate_tokens(request),
@@ -103,25 +97,13 @@ class GeminiBackend:
             raise malformed("the upstream's generateContent answer is not a JSON object")
         return _result(reply, self.upstream_model)
 
-    async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
-        groups = [
-            list(requests[i : i + self.embed_batch_size])
-            for i in range(0, len(requests), self.embed_batch_size)
-        ]
-        outcomes: list[EmbedOutcome] = []
-        for group, outcome in zip(groups, await fan_out(groups, self._embed_group), strict=True):
-            outcomes.extend(
-                [outcome] * len(group) if isinstance(outcome, RequestRejected) else outcome
-            )
-        return outcomes
-
-    async def _embed_group(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+    async def embed_group(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
         items = []
         for request in requests:
             item = request.model_dump(mode="json", by_alias=True, exclude_none=True)
             item["model"] = f"models/{self.upstream_model}"
             items.append(item)
-        reply = await self.session.traffic.post(
+        reply = await self.post(
             self._url("batchEmbedContents"),
             {"requests": items},
             tokens=estimate_tokens(sum(len(r.content.text) for r in requests), 0),
@@ -156,9 +138,7 @@ class GeminiBackend:
                 inner = request.model_dump(mode="json", by_alias=True, exclude_none=True)
                 inner["model"] = f"models/{self.upstream_model}"
                 body = {"generateContentRequest": inner}
-            reply = await self.session.traffic.post(
-                self._url("countTokens"), body, what="countTokens call"
-            )
+            reply = await self.post(self._url("countTokens"), body, what="countTokens call")
             return int(reply.get("totalTokens") or 0)
 
         outcomes = await fan_out(requests, one)
@@ -178,7 +158,9 @@ def _result(reply: dict[str, Any], model: str) -> GenerateResult:
     for raw, count in zip(raw_candidates, counts, strict=True):
         parts = (raw.get("content") or {}).get("parts") or []
         text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-        candidates.append(Candidate(text, str(raw.get("finishReason") or "STOP"), count))
+        calls = tuple(_call(p["functionCall"]) for p in parts if p.get("functionCall"))
+        reason = str(raw.get("finishReason") or "STOP")
+        candidates.append(Candidate(text, reason, count, calls))
     return GenerateResult(
         candidates=candidates,
         prompt_tokens=int(usage.get("promptTokenCount") or 0),
@@ -187,5 +169,12 @@ def _result(reply: dict[str, Any], model: str) -> GenerateResult:
     )
 
 
-def _headers(key: str | None) -> dict[str, str]:
-    return {"x-goog-api-key": key} if key else {}
+def _call(raw: Any) -> FunctionCall:
+    """A ``functionCall`` part as the upstream sent it (tools pass through as they came)."""
+    raw = raw if isinstance(raw, dict) else {}
+    call_id, args = raw.get("id"), raw.get("args")
+    return FunctionCall(
+        id=call_id if isinstance(call_id, str) else None,
+        name=str(raw.get("name") or ""),
+        args=args if isinstance(args, dict) else None,
+    )

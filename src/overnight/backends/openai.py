@@ -12,6 +12,10 @@ A GenerateContentRequest becomes one ``POST {base_url}/chat/completions``:
   → ``response_format: json_object``; ``responseSchema``/``responseJsonSchema`` →
   ``response_format: json_schema``; ``text/x.enum`` → a JSON Schema string enum, whose
   answer is unquoted back into the bare value.
+- ``tools`` (``functionDeclarations``) and ``toolConfig`` → ``tools`` and
+  ``tool_choice``; ``functionCall``/``functionResponse`` parts → assistant
+  ``tool_calls`` and ``tool`` messages; the reply's ``tool_calls`` → ``functionCall``
+  parts (``backends.openai_tools``, docs/function-calling.md).
 - The reply → candidates (``finish_reason`` stop/length/content_filter → STOP/
   MAX_TOKENS/SAFETY), ``usageMetadata`` from ``usage``, ``modelVersion`` from ``model``.
 
@@ -19,15 +23,15 @@ EmbedContentRequests go to ``POST {base_url}/embeddings``, up to
 ``options.embed_batch_size`` (default 64) inputs per call, ``outputDimensionality`` as
 ``dimensions``.
 
-Options (``[models.NAME] options = {...}``): ``embed_batch_size``, ``send_top_k``,
-``extra_body`` (a table merged into every chat call, for server-specific fields).
+Options (``[models.NAME] options = {...}``): ``OpenAIOptions`` in ``backends.options``:
+``embed_batch_size``, ``send_top_k``, ``extra_body`` (a table merged into every chat
+call, for server-specific fields). Client, limits and retries: ``UpstreamBackend``.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +40,14 @@ import orjson
 from overnight.backends.base import (
     BASIC_GENERATION_FIELDS,
     Capabilities,
-    EmbedOutcome,
-    GenerateOutcome,
     prompt_text,
 )
+from overnight.backends.openai_tools import chat_messages, reply_calls, tool_fields
+from overnight.backends.options import OpenAIOptions
 from overnight.backends.schema import STRUCTURED_FIELDS, OutputConstraint, output_constraint
 from overnight.backends.traffic import estimate_tokens
 from overnight.backends.upstream import (
-    UpstreamSession,
-    fan_out,
+    UpstreamBackend,
     malformed,
     micro_batch_size,
     require_base_url,
@@ -52,7 +55,7 @@ from overnight.backends.upstream import (
 from overnight.config import ModelSettings
 from overnight.domain.requests import Content, EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, EmbedResult, GenerateResult
-from overnight.errors import ConfigError, RequestRejected
+from overnight.errors import RequestRejected
 
 FINISH_REASONS = {
     "stop": "STOP",
@@ -64,27 +67,16 @@ FINISH_REASONS = {
 GENERATION_FIELDS = (
     BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS | {"presence_penalty", "frequency_penalty"}
 )
-OPTIONS = frozenset({"embed_batch_size", "send_top_k", "extra_body"})
 
 
-class OpenAIBackend:
+class OpenAIBackend(UpstreamBackend):
     """Generation and embeddings through an OpenAI-compatible HTTP server."""
 
     def __init__(self, name: str, settings: ModelSettings, cache_dir: Path | None = None) -> None:
-        unknown = set(settings.options) - OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"model {name!r}: unknown option(s) {', '.join(sorted(unknown))} for backend "
-                f"openai; known: {', '.join(sorted(OPTIONS))}"
-            )
-        self.name = name
+        self.options = OpenAIOptions.parse(name, settings.options)
+        super().__init__(name, settings, embed_batch_size=self.options.embed_batch_size)
         self.base_url = require_base_url(name, settings)
         self.upstream_model = settings.model or name
-        self.embed_batch_size = int(settings.options.get("embed_batch_size", 64))
-        self.send_top_k = bool(settings.options.get("send_top_k", True))
-        self.extra_body: dict[str, Any] = dict(settings.options.get("extra_body", {}))
-        self.session = UpstreamSession(name, settings, _headers)
-        self.settings = settings
         self.capabilities = Capabilities(
             model_version=self.upstream_model,
             generate=True,
@@ -94,23 +86,19 @@ class OpenAIBackend:
             response_mime_types=frozenset({"text/plain", "application/json", "text/x.enum"}),
             max_batch_size=micro_batch_size(settings),
             max_candidates=settings.max_candidates,
+            function_calling=True,
         )
 
-    async def start(self) -> None:
-        self.session.start()
-
-    async def close(self) -> None:
-        await self.session.close()
+    @staticmethod
+    def auth_headers(key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     # ----------------------------------------------------------------- generate
 
-    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateOutcome]:
-        return await fan_out(requests, self._generate_one)
-
-    async def _generate_one(self, request: GenerateRequest) -> GenerateResult:
+    async def generate_one(self, request: GenerateRequest) -> GenerateResult:
         constraint = output_constraint(request.generation_config)
         body = self.chat_body(request, constraint)
-        reply = await self.session.traffic.post(
+        reply = await self.post(
             f"{self.base_url}/chat/completions",
             body,
             tokens=self.session.generate_tokens(request),
@@ -125,9 +113,7 @@ class OpenAIBackend:
         messages: list[dict[str, Any]] = []
         if request.system_instruction is not None:
             messages.append({"role": "system", "content": request.system_instruction.text})
-        for content in request.contents:
-            role = "assistant" if content.role == "model" else "user"
-            messages.append({"role": role, "content": _message_content(content)})
+        messages.extend(chat_messages(request.contents, _message_content))
         config = request.config
         body: dict[str, Any] = {
             "model": self.upstream_model,
@@ -137,7 +123,7 @@ class OpenAIBackend:
         optional = {
             "temperature": config.temperature,
             "top_p": config.top_p,
-            "top_k": config.top_k if self.send_top_k else None,
+            "top_k": config.top_k if self.options.send_top_k else None,
             "stop": config.stop_sequences or None,
             "seed": config.seed,
             "n": config.candidate_count,
@@ -147,7 +133,8 @@ class OpenAIBackend:
         body.update({k: v for k, v in optional.items() if v is not None})
         if constraint is not None:
             body["response_format"] = response_format(constraint)
-        body.update(self.extra_body)
+        body.update(tool_fields(request))
+        body.update(self.options.extra_body)
         return body
 
     def _result(self, reply: Any, constraint: OutputConstraint | None) -> GenerateResult:
@@ -155,6 +142,7 @@ class OpenAIBackend:
             choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
             usage = reply.get("usage") or {}
             texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+            calls = [reply_calls(c.get("message")) for c in choices]
             reasons = [
                 FINISH_REASONS.get(c.get("finish_reason") or "stop", "OTHER") for c in choices
             ]
@@ -168,8 +156,10 @@ class OpenAIBackend:
         counts = _split(completion, len(choices))
         return GenerateResult(
             candidates=[
-                Candidate(text, reason, count)
-                for text, reason, count in zip(texts, reasons, counts, strict=True)
+                Candidate(text, reason, count, called)
+                if called is not None
+                else Candidate(text, "MALFORMED_FUNCTION_CALL", count)
+                for text, reason, count, called in zip(texts, reasons, counts, calls, strict=True)
             ],
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             model_version=str(reply.get("model") or self.upstream_model),
@@ -177,32 +167,15 @@ class OpenAIBackend:
 
     # -------------------------------------------------------------------- embed
 
-    async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
-        # Pack requests with the same dimensions into calls of embed_batch_size inputs.
-        order = sorted(range(len(requests)), key=lambda i: requests[i].output_dimensionality or 0)
-        groups: list[list[int]] = []
-        for _, same in groupby(order, key=lambda i: requests[i].output_dimensionality or 0):
-            indexes = list(same)
-            for start in range(0, len(indexes), self.embed_batch_size):
-                groups.append(indexes[start : start + self.embed_batch_size])
+    def embed_group_key(self, request: EmbedRequest) -> int:
+        return request.output_dimensionality or 0  # one ``dimensions`` per call
 
-        async def call(group: list[int]) -> list[EmbedResult]:
-            return await self._embed_group([requests[i] for i in group])
-
-        outcomes: list[EmbedOutcome | None] = [None] * len(requests)
-        for group, outcome in zip(groups, await fan_out(groups, call), strict=True):
-            for position, index in enumerate(group):
-                outcomes[index] = (
-                    outcome if isinstance(outcome, RequestRejected) else outcome[position]
-                )
-        return [o for o in outcomes if o is not None]
-
-    async def _embed_group(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+    async def embed_group(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
         texts = [r.content.text for r in requests]
         body: dict[str, Any] = {"model": self.upstream_model, "input": texts}
         if requests[0].output_dimensionality is not None:
             body["dimensions"] = requests[0].output_dimensionality
-        reply = await self.session.traffic.post(
+        reply = await self.post(
             f"{self.base_url}/embeddings",
             body,
             tokens=estimate_tokens(sum(len(t) for t in texts), 0),
@@ -270,10 +243,6 @@ def _message_content(content: Content) -> str | list[dict[str, Any]]:
                 "send text, or images as inlineData"
             )
     return parts
-
-
-def _headers(key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _unquote(text: str) -> str:

@@ -145,14 +145,16 @@ _JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "obj
 
 @dataclass(frozen=True, slots=True)
 class OutputConstraint:
-    """What a response must be: any JSON value, an instance of a JSON Schema, or one of
-    a few strings. ``key`` is canonical text: equal constraints have equal keys, so a
-    backend can cache one compiled grammar per key."""
+    """What a response must be: any JSON value, an instance of a JSON Schema, one of
+    a few strings, or (kind ``grammar``, function calling's mode VALIDATED) the words of
+    an xgrammar EBNF grammar. ``key`` is canonical text: equal constraints have equal
+    keys, so a backend can cache one compiled grammar per key."""
 
-    kind: Literal["json", "schema", "enum"]
+    kind: Literal["json", "schema", "enum", "grammar"]
     json_schema: dict[str, Any] | None
     choices: tuple[str, ...] | None
     key: str
+    ebnf: str | None = None
 
 
 def output_constraint(config: GenerationConfig | None) -> OutputConstraint | None:
@@ -198,6 +200,17 @@ def output_constraint(config: GenerationConfig | None) -> OutputConstraint | Non
         choices = _enum_choices(schema, field)
         return _make("enum", {"type": "string", "enum": list(choices)}, choices)
     return None  # another mime type: check_generate answers for it
+
+
+def schema_constraint(schema: dict[str, Any]) -> OutputConstraint:
+    """A constraint to one JSON Schema that is already checked (function calling builds
+    its own, see ``backends.tools``)."""
+    return _make("schema", schema, None)
+
+
+def grammar_constraint(ebnf: str) -> OutputConstraint:
+    """A constraint to an xgrammar EBNF grammar (``backends.tools`` builds one)."""
+    return OutputConstraint("grammar", None, None, json.dumps(["grammar", ebnf]), ebnf)
 
 
 def _make(

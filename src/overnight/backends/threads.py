@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from overnight.backends.options import check_threads
 from overnight.errors import ConfigError
 
-AUTO = "auto"
 MEASURE_EVERY_S = 0.5  # shortest window a decision averages over
 PROC_STAT = Path("/proc/stat")
 SYS_CPU = Path("/sys/devices/system/cpu")
@@ -43,14 +43,10 @@ def parse_threads(model: str, value: Any) -> int | None:
 
     Raises ``ConfigError`` for anything but ``"auto"`` or a whole number >= 1.
     """
-    if value == AUTO:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ConfigError(
-        f'model {model!r}: options.threads must be "auto" or a whole number of threads '
-        f"(1 or more), not {value!r}"
-    )
+    try:
+        return check_threads(value)
+    except ValueError as exc:
+        raise ConfigError(f"model {model!r}: options.threads {exc}") from None
 
 
 def thread_count(ceiling: int, free: float) -> int:

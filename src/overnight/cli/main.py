@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from overnight import __version__
+from overnight.cli.webhooks import app as webhooks_app
 from overnight.config import Settings, load_settings
 from overnight.domain.batches import BatchKind
 from overnight.errors import ConfigError, OvernightError
@@ -93,18 +94,18 @@ def run(
     Resumable: after Ctrl-C or a crash, run the same command again and it continues
     where it stopped, without redoing finished shards.
     """
-    from overnight.app import build_services
+    from overnight.app import build_runtime
     from overnight.cli.run import RunRequest, print_summary, run_file
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     request = RunRequest(input, output, model, kind, restart, show_progress=not quiet)
 
     async def main() -> None:
-        services = await build_services(_settings(config, data_dir))
+        runtime = await build_runtime(_settings(config, data_dir))
         try:
-            summary = await run_file(services, request, console)
+            summary = await run_file(runtime, request, console)
         finally:
-            await services.close()
+            await runtime.close()
         print_summary(console, summary)
 
     try:
@@ -134,23 +135,23 @@ def serve(
     Point the google-genai SDK at it with
     http_options={"base_url": "http://127.0.0.1:8080"}.
     """
-    from overnight.app import build_services
+    from overnight.app import build_runtime
     from overnight.cli.serve import serve as serve_api
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     async def main() -> None:
         settings = _settings(config, data_dir)
-        services = await build_services(settings)
+        runtime = await build_runtime(settings)
         try:
             await serve_api(
-                services,
+                runtime,
                 host or settings.server.host,
                 settings.server.port if port is None else port,
                 console,
             )
         finally:
-            await services.close()
+            await runtime.close()
 
     _run_async(main)
 
@@ -175,23 +176,24 @@ def worker(
     A database or disk outage while running is waited out, not fatal: the worker
     exits non-zero only if it cannot start (bad settings, no database at start-up).
     """
-    from overnight.app import build_services
+    from overnight.app import build_runtime
     from overnight.cli.serve import work
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     async def main() -> None:
-        services = await build_services(_settings(config, data_dir))
+        runtime = await build_runtime(_settings(config, data_dir))
         try:
-            await work(services, console, health_host=health_host, health_port=health_port)
+            await work(runtime, console, health_host=health_host, health_port=health_port)
         finally:
-            await services.close()
+            await runtime.close()
 
     _run_async(main)
 
 
 keys_app = typer.Typer(help="API keys: with any key configured, every request needs one.")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @keys_app.command("create")
@@ -203,17 +205,11 @@ def keys_create(
     config: ConfigFile = None,
 ) -> None:
     """Create an API key for tenant NAME and print it (as the last word). Only its hash is stored."""
-    from overnight.api.auth import create_key
-    from overnight.store.sql import SqlStore
+    from overnight.app import open_keys
 
     async def main() -> str:
-        settings = _settings(config, data_dir)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await SqlStore.open(settings.resolved_database_url)
-        try:
-            return await create_key(store.keys, name)
-        finally:
-            await store.close()
+        async with open_keys(_settings(config, data_dir)) as keys:
+            return await keys.create(name)
 
     key = _run_async(main)
     print(f"Created an API key for tenant {name} (it is shown once; store it safely): {key}")

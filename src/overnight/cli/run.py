@@ -1,10 +1,10 @@
 """``overnight run``: process one JSONL file locally, resumably.
 
-``services.runs`` finds the batch of an interrupted run of the same input, model and
-kind, or imports the input and creates one; this module drives it to the end with a
-progress bar and writes the output. Committed shards are never redone. Leases held
-by a killed run are freed at once (their process is gone), so a rerun does not
-wait for them to expire.
+``runtime.services.runs`` finds the batch of an interrupted run of the same input,
+model and kind, or imports the input and creates one; this module drives it to the
+end with a progress bar and writes the output. Committed shards are never redone.
+Leases held by a killed run are freed at once (their process is gone), so a rerun
+does not wait for them to expire.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from overnight.app import Services
+from overnight.app import Runtime
 from overnight.cli.progress import RunProgress
 from overnight.domain.batches import Batch, BatchKind, BatchState
 from overnight.engine.worker import WorkerScope
 from overnight.errors import FailedPrecondition, OvernightError
+from overnight.services.container import ServiceSet
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,11 @@ class RunSummary:
     load_s: float = 0.0  # model start-up, excluded from the rates
 
 
-async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSummary:
+async def run_file(runtime: Runtime, req: RunRequest, console: Console) -> RunSummary:
     """Run (or resume) ``req.input`` to completion and write ``req.output``."""
     started = time.monotonic()
-    run = await svc.runs.resume_or_create(
+    services = runtime.services
+    run = await services.runs.resume_or_create(
         req.input, model=req.model, kind=req.kind, restart=req.restart
     )
     batch = run.batch
@@ -62,18 +64,18 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
     processed = generated = 0
     load_s = 0.0
     if not batch.finalized:
-        if not svc.pool.loaded(batch.model_resolved):
+        if not runtime.pool.loaded(batch.model_resolved):
             loading = time.monotonic()
             label = f"Loading model {batch.model_resolved}"
             with console.status(f"{label} (the first run converts and caches weights)…") as spinner:
-                await svc.pool.get(
+                await runtime.pool.get(
                     batch.model_resolved,
                     on_status=lambda message: spinner.update(f"{label}: {message}…"),
                 )
             load_s = time.monotonic() - loading
         with RunProgress(console, enabled=req.show_progress) as progress:
             finalized = asyncio.Event()
-            worker = svc.worker(
+            worker = runtime.worker(
                 WorkerScope(batch_id=batch.id),
                 on_progress=progress.on_progress,
                 on_finalized=lambda _: finalized.set(),
@@ -83,7 +85,7 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
             stop = asyncio.Event()
             task = asyncio.create_task(worker.run(stop))
             try:
-                batch = await _follow(svc, batch, task, finalized, progress, base_done)
+                batch = await _follow(services, batch, task, finalized, progress, base_done)
             finally:
                 stop.set()
                 await task
@@ -92,8 +94,8 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
         raise FailedPrecondition(
             f"batch {batch.id} ended {batch.state.value} without results: {batch.error or 'no reason recorded'}"
         )
-    output = await svc.files.get(batch.tenant, batch.output_file_id)
-    await svc.files.copy_to(output, req.output)
+    output = await services.files.get(batch.tenant, batch.output_file_id)
+    await services.files.copy_to(output, req.output)
     if batch.state is not BatchState.SUCCEEDED:
         raise FailedPrecondition(
             f"batch {batch.id} ended {batch.state.value}: {batch.error}; partial results are in {req.output}"
@@ -103,7 +105,7 @@ async def run_file(svc: Services, req: RunRequest, console: Console) -> RunSumma
 
 
 async def _follow(
-    svc: Services,
+    services: ServiceSet,
     batch: Batch,
     task: asyncio.Task[None],
     finalized: asyncio.Event,
@@ -120,7 +122,7 @@ async def _follow(
     while True:
         if finalized.is_set() or task.done() or time.monotonic() - last_read >= 2.0:
             finalized.clear()
-            batch = await svc.batches.get(None, batch.id)
+            batch = await services.batches.get(None, batch.id)
             last_read = time.monotonic() if batch.admitted else -math.inf
             if batch.finalized or task.done():
                 progress.update(done=batch.done_count, total=batch.request_count)

@@ -13,23 +13,21 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
 from overnight.api.auth import is_loopback
-from overnight.app import Services
+from overnight.app import Runtime
 from overnight.errors import ConfigError
-
-if TYPE_CHECKING:
-    from overnight.services.uploads import UploadService
+from overnight.services.container import ServiceSet
 
 log = logging.getLogger("overnight.serve")
 
 SWEEP_SECONDS = 60.0
 
 
-def check_bind(services: Services, host: str) -> None:
+def check_bind(services: ServiceSet, host: str) -> None:
     """Refuse a non-loopback bind without API keys unless explicitly allowed, and then
     say loudly (on stderr and in the log) that anyone who reaches the port is trusted."""
     if is_loopback(host):
@@ -50,13 +48,13 @@ def check_bind(services: Services, host: str) -> None:
     )
 
 
-async def serve(services: Services, host: str, port: int, console: Console) -> None:
+async def serve(runtime: Runtime, host: str, port: int, console: Console) -> None:
     import uvicorn
 
-    from overnight.api.gemini.upload import upload_service_for
     from overnight.api.server import create_app
 
-    if not is_loopback(host) and await services.store.keys.count_api_keys() == 0:
+    services = runtime.services
+    if not is_loopback(host) and not await services.keys.any_keys():
         check_bind(services, host)
     app = create_app(services, bind_host=host)
     # Forwarded headers are believed only from server.trusted_proxies (api/guard.py).
@@ -66,10 +64,11 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     worker_task = None
-    app.state.uploads = upload_service_for(services)
-    sweep_task = asyncio.create_task(sweep_expired(services, app.state.uploads, stop))
+    sweep_task = asyncio.create_task(sweep_expired(services, stop))
+    # Webhook events leave through the store's outbox (engine/dispatcher.py).
+    webhook_task = asyncio.create_task(runtime.webhook_dispatcher().run(stop))
     if services.settings.server.embedded_workers:
-        worker = services.worker()
+        worker = runtime.worker()
         app.state.health = worker.health.report
         worker_task = asyncio.create_task(worker.run(stop))
         worker_task.add_done_callback(_log_worker_end)
@@ -80,6 +79,8 @@ async def serve(services: Services, host: str, port: int, console: Console) -> N
         stop.set()
         with contextlib.suppress(Exception):
             await sweep_task
+        with contextlib.suppress(Exception):
+            await webhook_task
         if worker_task is not None:
             with contextlib.suppress(Exception):
                 await worker_task
@@ -91,13 +92,13 @@ def _log_worker_end(task: asyncio.Task[None]) -> None:
         log.error("the embedded workers stopped", exc_info=task.exception())
 
 
-async def sweep_expired(services: Services, uploads: UploadService, stop: asyncio.Event) -> None:
+async def sweep_expired(services: ServiceSet, stop: asyncio.Event) -> None:
     """Every ``SWEEP_SECONDS`` until ``stop``: delete files past their retention and
     abandoned upload sessions. A failed sweep is logged and retried next time."""
     while not stop.is_set():
         try:
             files = await services.files.sweep_expired()
-            sessions = await uploads.sweep_expired()
+            sessions = await services.uploads.sweep_expired()
             if files or sessions:
                 log.info("expired %d files and %d upload sessions", files, sessions)
         except Exception:
@@ -107,7 +108,7 @@ async def sweep_expired(services: Services, uploads: UploadService, stop: asynci
 
 
 async def work(
-    services: Services,
+    runtime: Runtime,
     console: Console,
     *,
     health_host: str = "0.0.0.0",
@@ -118,7 +119,7 @@ async def work(
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # drain
-    worker = services.worker()
+    worker = runtime.worker()
     health_task = None
     if health_port is not None:
         listener = _listen(health_host, health_port)

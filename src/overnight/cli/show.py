@@ -19,6 +19,10 @@ def _text(response: dict[str, Any]) -> str:
         for part in cand.get("content", {}).get("parts", []):
             if "text" in part and not part.get("thought"):
                 parts.append(part["text"])
+            elif isinstance(part.get("functionCall"), dict):  # shown as name({"arg": …})
+                call = part["functionCall"]
+                args = orjson.dumps(call.get("args") or {}).decode()
+                parts.append(f"{call.get('name')}({args})")
     return "".join(parts)
 
 

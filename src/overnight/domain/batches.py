@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from overnight.domain.webhooks import WebhookConfig
+
 
 class BatchState(enum.StrEnum):
     PENDING = "PENDING"
@@ -112,6 +114,7 @@ class Batch:
     ref: str | None
     admitted: bool
     finalized: bool
+    webhook_config: WebhookConfig | None = None  # the batch's own webhookConfig, if any
 
     @classmethod
     def new(
@@ -128,6 +131,7 @@ class Batch:
         expiry_s: float,
         display_name: str = "",
         ref: str | None = None,
+        webhook_config: WebhookConfig | None = None,
     ) -> Batch:
         """A batch just created: PENDING, not yet admitted, no counts; it expires
         ``expiry_s`` after ``now`` unless it ends first."""
@@ -154,6 +158,7 @@ class Batch:
             ref=ref,
             admitted=False,
             finalized=False,
+            webhook_config=webhook_config,
         )
 
     @property

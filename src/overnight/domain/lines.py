@@ -1,8 +1,12 @@
 """The batch input line: ``{"key": "...", "request": {...}}`` (spec §9).
 
 ``parse_line`` turns one JSONL line into a keyed canonical request, or raises
-``LineError`` with a message that names the line number and the problem. The
-engine turns a ``LineError`` into that line's error result; it never fails the batch.
+``LineError`` with a message that names the line and the problem. The engine turns a
+``LineError`` into that line's error result; it never fails the batch.
+
+An inline batch's requests are written out as lines too (``services.batches``), one
+per item; their errors name the item as the client sent it, ``inlinedRequests[i]``
+(0-based, the position of its answer in ``inlinedResponses``), not a line number.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from overnight.domain.batches import BatchKind
+from overnight.domain.fields import unknown_name
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.errors import InvalidArgument
 
@@ -24,9 +29,15 @@ class LineError(InvalidArgument):
     """One input line is malformed. ``key`` is its key when one could be read."""
 
     def __init__(
-        self, line_no: int, problem: str, key: str | None = None, metadata: Any = None
+        self,
+        line_no: int,
+        problem: str,
+        key: str | None = None,
+        metadata: Any = None,
+        *,
+        inline: bool = False,
     ) -> None:
-        super().__init__(f"line {line_no}: {problem}")
+        super().__init__(f"{position(line_no, inline)}: {problem}")
         self.line_no = line_no
         self.key = key if key is not None else line_key(line_no)
         self.metadata = metadata  # echoed on the error line, like a success's
@@ -38,6 +49,11 @@ class RequestLine:
     line_no: int
     request: GenerateRequest | EmbedRequest
     metadata: Any = None  # echoed into the result line (inline batches use it)
+
+
+def position(line_no: int, inline: bool = False) -> str:
+    """How errors name a request: ``line 3`` in a file, ``inlinedRequests[2]`` inline."""
+    return f"inlinedRequests[{line_no - 1}]" if inline else f"line {line_no}"
 
 
 def line_key(line_no: int) -> str:
@@ -53,16 +69,22 @@ def describe_validation_error(exc: ValidationError, prefix: str = "request") -> 
     """One readable sentence per problem, with the field path in wire spelling."""
     problems = []
     for err in exc.errors(include_url=False):
-        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        loc = err["loc"]
+        path = _path(prefix, loc)
         if err["type"] == "extra_forbidden":
-            problems.append(f"{path}: unknown field")
+            problems.append(unknown_name(str(loc[-1]), _path(prefix, loc[:-1]).lstrip(".")))
         elif err["type"] == "missing":
             problems.append(f"{path}: required field is missing")
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r:.60})"
             problems.append(f"{path}: {err['msg']}{shown}")
-    return "; ".join(problems)
+    # Gemini's unknown-name sentences end with a full stop; the others are phrases.
+    return "".join(p + (" " if p.endswith(".") else "; ") for p in problems).rstrip("; ")
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    return prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
 
 
 def parse_request(
@@ -78,45 +100,43 @@ def parse_request(
         raise InvalidArgument(describe_validation_error(exc, prefix)) from None
 
 
-def parse_line(raw: bytes, line_no: int, kind: BatchKind) -> RequestLine:
-    """Parse one non-blank input line. Raises ``LineError``.
+def parse_line(raw: bytes, line_no: int, kind: BatchKind, *, inline: bool = False) -> RequestLine:
+    """Parse one non-blank input line. Raises ``LineError``; ``inline`` says the line
+    holds an inline batch's item, so that the error names ``inlinedRequests[i]``.
 
     A UTF-8 byte order mark before the first line is ignored (admission skips it too).
     """
+
+    def error(problem: str, key: str | None = None, metadata: Any = None) -> LineError:
+        return LineError(line_no, problem, key, metadata, inline=inline)
+
     if line_no == 1:
         raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise LineError(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+        raise error(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(obj, dict):
-        raise LineError(line_no, f"expected a JSON object, got {type(obj).__name__}")
+        raise error(f"expected a JSON object, got {type(obj).__name__}")
     key_value = obj.get("key")
     key: str | None = None
     if key_value is not None:
         if not isinstance(key_value, str):
-            raise LineError(line_no, f"'key' must be a string, got {type(key_value).__name__}")
+            raise error(f"'key' must be a string, got {type(key_value).__name__}")
         key = key_value
     metadata = obj.get("metadata")
     unknown = sorted(set(obj) - _LINE_FIELDS)
     if unknown:
-        raise LineError(
-            line_no,
-            f"unknown field(s) {', '.join(unknown)}; a line holds 'key' and 'request'",
-            key,
-            metadata,
-        )
+        named = " ".join(unknown_name(name) for name in unknown)
+        raise error(f"{named} A line holds 'key', 'request' and 'metadata'.", key, metadata)
     if "request" not in obj:
-        raise LineError(
-            line_no,
-            'missing \'request\' (each line is {"key": ..., "request": {...}})',
-            key,
-            metadata,
+        raise error(
+            'missing \'request\' (each line is {"key": ..., "request": {...}})', key, metadata
         )
     try:
         request = parse_request(obj["request"], kind)
     except InvalidArgument as exc:
-        raise LineError(line_no, exc.message, key, metadata) from None
+        raise error(exc.message, key, metadata) from None
     return RequestLine(
         key=key if key is not None else line_key(line_no),
         line_no=line_no,

@@ -78,9 +78,20 @@ class Part(WireModel):
     function_response: FunctionResponse | None = None
     executable_code: dict[str, Any] | None = None
     code_execution_result: dict[str, Any] | None = None
+    tool_call: dict[str, Any] | None = None
+    tool_response: dict[str, Any] | None = None
     thought: bool | None = None
     thought_signature: bytes | None = None
     video_metadata: dict[str, Any] | None = None
+    # Hints and annotations SDK 3.x may send beside the datum; local models ignore them.
+    media_resolution: Any | None = None
+    part_metadata: dict[str, Any] | None = None
+    media_processing: Any | None = None
+    audio_metadata: Any | None = None
+    audio_transcription: Any | None = None
+    document_metadata: Any | None = None
+    speech_metadata: Any | None = None
+    spreadsheet_metadata: Any | None = None
 
     @field_validator("thought_signature", mode="before")
     @classmethod
@@ -104,6 +115,8 @@ _PART_DATA = (
     "function_response",
     "executable_code",
     "code_execution_result",
+    "tool_call",
+    "tool_response",
 )
 
 
@@ -155,6 +168,7 @@ class GenerationConfig(WireModel):
     media_resolution: str | None = None
     speech_config: dict[str, Any] | None = None
     image_config: dict[str, Any] | None = None
+    audio_transcription_config: dict[str, Any] | None = None
     enable_enhanced_civic_answers: bool | None = None
 
 
@@ -172,6 +186,7 @@ class GenerateRequest(WireModel):
     labels: dict[str, str] | None = None
     service_tier: str | None = None
     store: bool | None = None
+    continuation_token: str | None = None
 
     @property
     def config(self) -> GenerationConfig:

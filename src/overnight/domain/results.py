@@ -5,12 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from overnight.domain.requests import FunctionCall
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     text: str
     finish_reason: str  # STOP | MAX_TOKENS | …
     token_count: int
+    # Calls the model made (function calling): each is a ``functionCall`` part after
+    # the text part, which is left out when the text is empty.
+    function_calls: tuple[FunctionCall, ...] = ()
+
+    def parts(self) -> list[dict[str, Any]]:
+        """The candidate's ``content.parts`` on the wire."""
+        calls = [
+            {"functionCall": call.model_dump(mode="json", exclude_none=True)}
+            for call in self.function_calls
+        ]
+        if calls and not self.text:
+            return calls
+        return [{"text": self.text}, *calls]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +52,7 @@ class GenerateResult:
         body: dict[str, Any] = {
             "candidates": [
                 {
-                    "content": {"parts": [{"text": c.text}], "role": "model"},
+                    "content": {"parts": c.parts(), "role": "model"},
                     "finishReason": c.finish_reason,
                     "index": i,
                 }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from overnight.domain.batches import BatchKind, ShardSpec
-from overnight.domain.lines import LineError, parse_line
+from overnight.domain.lines import LineError, parse_line, position
 
 READ_CHUNK = 1 << 20
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -63,8 +63,16 @@ def iter_lines(
         offset += length
 
 
-def cut_shards(f: BinaryIO, kind: BatchKind, *, shard_size: int, shard_max_bytes: int) -> Admission:
-    """Read ``f`` once from its current position and cut it into shards."""
+def cut_shards(
+    f: BinaryIO,
+    kind: BatchKind,
+    *,
+    shard_size: int,
+    shard_max_bytes: int,
+    inline: bool = False,
+) -> Admission:
+    """Read ``f`` once from its current position and cut it into shards. ``inline``:
+    the input holds an inline batch's items (errors name ``inlinedRequests[i]``)."""
     shards: list[ShardSpec] = []
     if f.tell() == 0 and f.read(len(UTF8_BOM)) != UTF8_BOM:
         f.seek(0)
@@ -82,10 +90,11 @@ def cut_shards(f: BinaryIO, kind: BatchKind, *, shard_size: int, shard_max_bytes
             continue
         if not valid:
             if raw is None:
-                first_error = first_error or f"line {line_no}: longer than {shard_max_bytes} bytes"
+                where = position(line_no, inline)
+                first_error = first_error or f"{where}: longer than {shard_max_bytes} bytes"
             else:
                 try:
-                    parse_line(raw, line_no, kind)
+                    parse_line(raw, line_no, kind, inline=inline)
                     valid = True
                 except LineError as exc:
                     first_error = first_error or exc.message

@@ -9,7 +9,8 @@ waiting longer than ``engine.stall_seconds``.
 
 Errors are classified here, once, for the worker and the report alike:
 infrastructure (the database, the disk) heals by itself and is waited out with
-backoff; everything else belongs to one batch, one shard or one backend.
+backoff; everything else belongs to one batch, one shard or one backend. The
+messages a batch fails with, when an error is its own, are written here too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from overnight.errors import BlobError, BlobNotFound, StorageFull, StoreError
+from overnight.domain.batches import Batch
+from overnight.errors import AlreadyExists, BlobError, BlobNotFound, StorageFull, StoreError
+
+
+class BatchBroken(Exception):
+    """An error that belongs to one batch: fail that batch with ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass
@@ -57,6 +67,30 @@ def describe(exc: BaseException) -> str:
         return f"the disk is full: {exc}"
     message = getattr(exc, "message", None) or str(exc)
     return message if message else type(exc).__name__
+
+
+def input_gone(batch: Batch, when: str) -> str:
+    """The error of a batch whose input was deleted behind Overnight's back."""
+    if batch.input_file_id:
+        return (
+            f"the input file files/{batch.input_file_id} was deleted {when}; "
+            "create the batch again from a new upload"
+        )
+    return f"the stored copy of its inline requests was deleted {when}; create the batch again"
+
+
+def finalize_failure(batch: Batch, exc: BaseException) -> str:
+    """The error of a batch whose responses file could not be written or recorded
+    (after any error it already had)."""
+    if isinstance(exc, AlreadyExists):
+        why = (
+            "its responses file could not be recorded because a file with the id "
+            f"Overnight gives it already exists ({describe(exc)}); "
+            "delete or rename that file and create the batch again"
+        )
+    else:
+        why = f"its responses file could not be written: {describe(exc)}; create the batch again"
+    return why if batch.error is None else f"{batch.error}; {why}"
 
 
 @dataclass

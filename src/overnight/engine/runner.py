@@ -19,12 +19,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from overnight.backends.base import LIVE_PROGRESS, Backend, check_embed, check_generate
+from overnight.backends.base import LIVE_PROGRESS, Backend
 from overnight.blobs.base import BlobStore
 from overnight.blobs.keys import shard_output_key
 from overnight.domain.batches import Batch, BatchKind, Shard, ShardOutcome, Usage
+from overnight.domain.capabilities import check_embed, check_generate
+from overnight.domain.generation import apply_defaults
 from overnight.domain.lines import LineError, RequestLine, parse_line
-from overnight.domain.requests import EmbedRequest, GenerateRequest
+from overnight.domain.requests import EmbedRequest, GenerateRequest, GenerationConfig
 from overnight.domain.results import EmbedResult, GenerateResult
 from overnight.engine.admission import iter_lines
 from overnight.errors import BlobError, OvernightError, RequestRejected, StorageFull
@@ -63,17 +65,19 @@ def read_shard(
     return out
 
 
-def _parse(lines: list[tuple[int, bytes | None]], kind: BatchKind, max_line: int) -> list[_Slot]:
+def _parse(lines: list[tuple[int, bytes | None]], batch: Batch, max_line: int) -> list[_Slot]:
     slots = []
     for line_no, raw in lines:
         if raw is None:
             err = LineError(
-                line_no, f"line is longer than {max_line} bytes (engine.shard_max_bytes)"
+                line_no,
+                f"longer than {max_line} bytes (engine.shard_max_bytes)",
+                inline=batch.inline,
             )
             slots.append(_Slot(err.key, line_no, error=err))
             continue
         try:
-            parsed: RequestLine = parse_line(raw, line_no, kind)
+            parsed: RequestLine = parse_line(raw, line_no, batch.kind, inline=batch.inline)
         except LineError as exc:
             slots.append(_Slot(exc.key, line_no, exc.metadata, error=exc))
             continue
@@ -110,15 +114,20 @@ async def run_shard(
     max_line: int,
     should_stop: Callable[[], Awaitable[bool]],
     on_progress: ProgressFn | None = None,
+    defaults: GenerationConfig | None = None,
 ) -> ShardOutcome:
     """Execute a leased shard and publish its output blob. Raises ``ShardAbandoned``.
+
+    ``defaults`` (the model's, ``domain.generation``) fill the generationConfig fields
+    a request leaves unset, after the request passed the capability check; a line
+    that samples without a seed gets one derived from its key.
 
     Every other error propagates, and the worker sorts it: a blob I/O failure
     arrives as ``BlobError``/``StorageFull`` (waited out), a transient backend error
     releases the shard, any other one counts as a failed attempt.
     """
     lines = await _blob_io(read_shard, blobs, input_key, shard, max_line)
-    slots = _parse(lines, batch.kind, max_line)
+    slots = _parse(lines, batch, max_line)
     caps = backend.capabilities
     check = check_generate if batch.kind is BatchKind.GENERATE else check_embed
     runnable: list[_Slot] = []
@@ -130,10 +139,12 @@ async def run_shard(
         try:
             check(slot.request, caps)  # type: ignore[arg-type]
         except RequestRejected as exc:
-            slot.error = LineError(slot.line_no, exc.message, slot.key)
+            slot.error = LineError(slot.line_no, exc.message, slot.key, inline=batch.inline)
             if on_progress:
                 on_progress(1, 0)
             continue
+        if defaults is not None and isinstance(slot.request, GenerateRequest):
+            slot.request = apply_defaults(slot.request, defaults, seed_source=slot.key)
         runnable.append(slot)
 
     runnable.sort(key=lambda s: s.size)
@@ -189,12 +200,12 @@ async def fail_shard(
 ) -> ShardOutcome:
     """Answer every line of a shard with ``error`` (malformed lines keep their own)."""
     lines = await _blob_io(read_shard, blobs, input_key, shard, max_line)
-    slots = _parse(lines, batch.kind, max_line)
+    slots = _parse(lines, batch, max_line)
     message = f"the model backend failed on every attempt at this request: {error}"
     failure = error if isinstance(error, OvernightError) else OvernightError(message)
     for slot in slots:
         if slot.error is None:
-            slot.error = LineError(slot.line_no, message, slot.key)
+            slot.error = LineError(slot.line_no, message, slot.key, inline=batch.inline)
             slot.error.status, slot.error.grpc_code = failure.status, failure.grpc_code  # type: ignore[misc]
     output_key = shard_output_key(batch.id, shard.seq, token)
     succeeded = await _blob_io(_write_output, blobs, output_key, slots)

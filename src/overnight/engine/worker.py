@@ -4,17 +4,17 @@ A ``Worker`` is one process's share of the engine. It runs ``concurrency`` loops
 that each, in turn: admit a PENDING batch, finalize a finished one, or lease and
 run one shard. A heartbeat task renews every lease the process holds; a lease that
 cannot be renewed is treated as lost and its shard abandoned at the next
-micro-batch boundary. The reaper expires overdue batches and frees the leases of
-dead processes on this host, so a rerun after SIGKILL resumes at once instead of
-waiting for leases to time out.
+micro-batch boundary. The reaper (``reaper.py``) expires overdue batches and frees
+the leases of dead processes on this host, so a rerun after SIGKILL resumes at once
+instead of waiting for leases to time out.
 
 Liveness: every step's error is caught, logged with its batch and shard, and
 contained. An error that belongs to one batch (its input deleted, its results
 file impossible to record) fails that batch with a message; a backend failure
 releases or retries the shard; a database or disk failure backs off and resumes
-by itself when the fault clears. The loops and the heartbeat are supervised: one
-that dies anyway is logged and restarted. ``health`` tells ``/healthz`` whether
-work is moving.
+by itself when the fault clears (``health.py`` classifies errors and words a
+failed batch's message). The loops and the heartbeat are supervised: one that dies
+anyway is logged and restarted. ``health`` tells ``/healthz`` whether work is moving.
 """
 
 from __future__ import annotations
@@ -22,64 +22,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from overnight.backends.pool import BackendPool
 from overnight.blobs.base import BlobStore
 from overnight.config import EngineSettings
 from overnight.domain.batches import Batch, BatchState, BatchWork, LeasedShard, Shard, ShardOutcome
 from overnight.engine.admission import Admission, cut_shards
 from overnight.engine.finalize import finalize_batch
-from overnight.engine.health import Backoff, Where, WorkerHealth, describe, is_infrastructure
-from overnight.engine.pool import BackendPool
-from overnight.engine.runner import ProgressFn, ShardAbandoned, fail_shard, run_shard
-from overnight.errors import (
-    AlreadyExists,
-    BackendError,
-    BlobNotFound,
-    NotFound,
-    RetryableError,
+from overnight.engine.health import (
+    Backoff,
+    BatchBroken,
+    Where,
+    WorkerHealth,
+    describe,
+    finalize_failure,
+    input_gone,
+    is_infrastructure,
 )
+from overnight.engine.reaper import new_owner_id, reap
+from overnight.engine.runner import ProgressFn, ShardAbandoned, fail_shard, run_shard
+from overnight.errors import AlreadyExists, BackendError, BlobNotFound, NotFound, RetryableError
 from overnight.store.base import WorkQueue
 
 log = logging.getLogger("overnight.worker")
 
 WATCH_SECONDS = 1.0  # how often the health watch looks for a change of state
-
-
-def new_owner_id() -> str:
-    """``host:pid:random``; the reaper uses host and pid to spot dead owners."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only if ``owner`` ran on this host and its process no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class BatchBroken(Exception):
-    """An error that belongs to one batch: fail that batch with ``message``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass
@@ -257,11 +228,7 @@ class Worker:
 
     async def reap(self) -> None:
         """Expire overdue batches; free leases of dead processes on this host."""
-        await self.queue.expire_batches(self.clock())
-        for owner in await self.queue.lease_owners():
-            if owner != self.owner and owner_is_dead(owner):
-                released = await self.queue.release_owner(owner)
-                log.info("released %d shard lease(s) of dead worker %s", released, owner)
+        await reap(self.queue, self.owner, self.clock())
 
     # --------------------------------------------------------------- containment
 
@@ -297,14 +264,18 @@ class Worker:
         def scan() -> Admission:
             with self.blobs.open_read(input_key) as f:
                 return cut_shards(
-                    f, batch.kind, shard_size=s.shard_size, shard_max_bytes=s.shard_max_bytes
+                    f,
+                    batch.kind,
+                    shard_size=s.shard_size,
+                    shard_max_bytes=s.shard_max_bytes,
+                    inline=batch.inline,
                 )
 
         now = self.clock()
         try:
             admission = await asyncio.to_thread(scan)
         except (BlobNotFound, FileNotFoundError):
-            await self._fail_batch(batch, _input_gone(batch, "before the batch started"), where)
+            await self._fail_batch(batch, input_gone(batch, "before the batch started"), where)
             return
         except Exception as exc:
             if is_infrastructure(exc):
@@ -334,19 +305,9 @@ class Worker:
         except Exception as exc:
             if is_infrastructure(exc):
                 raise
-            if isinstance(exc, AlreadyExists):
-                why = (
-                    "its responses file could not be recorded because a file with the id "
-                    f"Overnight gives it already exists ({describe(exc)}); "
-                    "delete or rename that file and create the batch again"
-                )
-            else:
+            if not isinstance(exc, AlreadyExists):
                 log.exception("%s: finalize failed", where)
-                why = (
-                    f"its responses file could not be written: {describe(exc)}; "
-                    "create the batch again"
-                )
-            message = why if batch.error is None else f"{batch.error}; {why}"
+            message = finalize_failure(batch, exc)
             log.error("%s: failing the batch: %s", where, message)
             self.health.failed(BatchBroken(message), where)
             target = BatchState.FAILED if batch.state is BatchState.RUNNING else None
@@ -402,13 +363,14 @@ class Worker:
                 max_line=self.settings.shard_max_bytes,
                 should_stop=should_stop,
                 on_progress=self._progress,
+                defaults=self.pool.generation_defaults(batch.model_resolved),
             )
             give_back = False
             return outcome
         except (ShardAbandoned, NotFound):
             return None  # stopped at a boundary, or the batch was deleted meanwhile
         except BlobNotFound:
-            await self._fail_batch(batch, _input_gone(batch, "while the batch ran"), where)
+            await self._fail_batch(batch, input_gone(batch, "while the batch ran"), where)
             return None
         except Exception as exc:
             # The runner turns its own blob I/O errors into BlobError or StorageFull, so
@@ -529,16 +491,6 @@ class Worker:
                 )
                 since = None
             await _sleep_or_stop(stop, WATCH_SECONDS)
-
-
-def _input_gone(batch: Batch, when: str) -> str:
-    """The error of a batch whose input was deleted behind Overnight's back."""
-    if batch.input_file_id:
-        return (
-            f"the input file files/{batch.input_file_id} was deleted {when}; "
-            "create the batch again from a new upload"
-        )
-    return f"the stored copy of its inline requests was deleted {when}; create the batch again"
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -14,6 +14,7 @@ from overnight.blobs.base import BlobStore
 from overnight.blobs.keys import batch_prefix, inline_input_key
 from overnight.catalog import ModelCatalog
 from overnight.domain.batches import Batch, BatchKind, BatchState
+from overnight.domain.webhooks import WebhookConfig
 from overnight.errors import FailedPrecondition, InvalidArgument, NotFound
 from overnight.services.files import FileService
 from overnight.services.ids import new_id
@@ -46,6 +47,7 @@ class BatchService:
         display_name: str = "",
         ref: str | None = None,
         annotations: dict[str, Any] | None = None,
+        webhook_config: WebhookConfig | None = None,
     ) -> Batch:
         """A batch over an uploaded JSONL file. Raises NotFound / InvalidArgument."""
         entry = self.catalog.resolve_for(model, kind)
@@ -60,6 +62,7 @@ class BatchService:
             input_blob=file.blob_key,
             ref=ref,
             annotations=annotations,
+            webhook_config=webhook_config,
         )
 
     async def create_inline(
@@ -70,6 +73,7 @@ class BatchService:
         kind: BatchKind,
         requests: Sequence[dict[str, Any]],
         display_name: str = "",
+        webhook_config: WebhookConfig | None = None,
     ) -> Batch:
         """A batch over inline requests: written out as JSONL first, then one path.
 
@@ -104,6 +108,7 @@ class BatchService:
                 display_name=display_name,
                 input_blob=key,
                 batch_id=batch_id,
+                webhook_config=webhook_config,
             )
         except BaseException:
             await asyncio.to_thread(self.blobs.delete, batch_prefix(batch_id))
@@ -122,6 +127,7 @@ class BatchService:
         batch_id: str | None = None,
         ref: str | None = None,
         annotations: dict[str, Any] | None = None,
+        webhook_config: WebhookConfig | None = None,
     ) -> Batch:
         """Record a PENDING batch over ``input_blob``: a file batch names its
         ``input_file_id``; an inline one (none) brings the ``batch_id`` its input was
@@ -138,6 +144,7 @@ class BatchService:
             ref=ref,
             now=time.time(),
             expiry_s=self.expiry_s,
+            webhook_config=webhook_config,
         )
         await self.store.create_batch(batch, input_blob, annotations)
         return batch
@@ -199,16 +206,21 @@ class BatchService:
         return lines + extra
 
     async def cancel(self, tenant: str | None, batch_id: str) -> Batch:
-        """Cancel a PENDING or RUNNING batch. Work already done stays downloadable."""
+        """Cancel a PENDING or RUNNING batch. Work already done stays downloadable.
+
+        Raises ``FailedPrecondition`` naming the state of a batch that has already
+        ended (cancelled included), as Gemini does, and ``NotFound``.
+        """
         batch = await self.get(tenant, batch_id)
-        if batch.state.terminal:
+        if not batch.state.terminal:
+            await self.store.transition(batch.id, BatchState.CANCELLED, now=time.time())
+            batch = await self.get(tenant, batch.id)
             if batch.state is BatchState.CANCELLED:
                 return batch
-            raise FailedPrecondition(
-                f"{batch.name} is already {batch.state.value} and cannot be cancelled"
-            )
-        await self.store.transition(batch.id, BatchState.CANCELLED, now=time.time())
-        return await self.get(tenant, batch.id)
+        raise FailedPrecondition(
+            f"{batch.name} is already in state {batch.state.wire}, so it cannot be cancelled; "
+            "only a PENDING or RUNNING batch can"
+        )
 
     async def delete(self, tenant: str | None, batch_id: str) -> None:
         """Delete a batch and its generated outputs (not the user's input file).

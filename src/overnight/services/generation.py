@@ -4,40 +4,74 @@ These run a request at once on the same started backends the batch workers use (
 pool is shared), so a model is loaded once per process whichever path uses it first.
 A request the model cannot serve raises ``InvalidArgument`` naming the field, exactly
 as it would become an error line in a batch.
+
+The service sees the pool through ``ModelPool``, a protocol of just what it uses, so
+the use-cases never import the backends (``backends/pool.py`` is handed in by
+``app.build_runtime``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from overnight.backends.base import Backend, check_embed, check_generate
 from overnight.catalog import ModelCatalog, ModelEntry
 from overnight.domain.batches import BatchKind
+from overnight.domain.capabilities import Capabilities, check_embed, check_generate
+from overnight.domain.generation import apply_defaults
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import EmbedResult, GenerateResult
-from overnight.engine.pool import BackendPool
 from overnight.errors import BackendError, InvalidArgument, RequestRejected
+
+
+class ModelBackend(Protocol):
+    """A started model, as the synchronous calls use it (``backends.base.Backend``)."""
+
+    capabilities: Capabilities
+
+    async def generate(
+        self, requests: Sequence[GenerateRequest]
+    ) -> list[GenerateResult | RequestRejected]: ...
+
+    async def embed(
+        self, requests: Sequence[EmbedRequest]
+    ) -> list[EmbedResult | RequestRejected]: ...
+
+    async def count_tokens(
+        self, requests: Sequence[GenerateRequest | EmbedRequest]
+    ) -> list[int]: ...
+
+
+class ModelPool(Protocol):
+    """The process's started models (``backends.pool.BackendPool``)."""
+
+    async def get(self, name: str) -> ModelBackend:
+        """The started model ``name`` (a configured name, not an alias)."""
+        ...
 
 
 class GenerationService:
     """Runs single requests on a model, resolving names and aliases through the catalog."""
 
-    def __init__(self, catalog: ModelCatalog, pool: BackendPool) -> None:
+    def __init__(self, catalog: ModelCatalog, pool: ModelPool) -> None:
         self.catalog = catalog
         self.pool = pool
 
-    async def _backend(self, model: str, kind: BatchKind) -> tuple[ModelEntry, Backend]:
+    async def _backend(self, model: str, kind: BatchKind) -> tuple[ModelEntry, ModelBackend]:
         entry = self.catalog.resolve_for(model, kind)
         return entry, await self.pool.get(entry.name)
 
     async def generate(self, model: str, request: GenerateRequest) -> GenerateResult:
         """One GenerateContentResponse. Raises NotFound (unknown model), InvalidArgument
         (wrong kind of model, or a field this model cannot honour) or a BackendError."""
-        _, backend = await self._backend(model, BatchKind.GENERATE)
+        entry, backend = await self._backend(model, BatchKind.GENERATE)
         try:
             check_generate(request, backend.capabilities)
         except RequestRejected as exc:
             raise InvalidArgument(exc.message) from None
+        # The model's defaults fill what the request leaves unset; no seed is derived:
+        # like Gemini, a synchronous call without a seed draws afresh.
+        request = apply_defaults(request, entry.generation_defaults)
         (outcome,) = await backend.generate([request])
         if isinstance(outcome, RequestRejected):
             raise _rejected(outcome)

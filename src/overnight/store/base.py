@@ -1,7 +1,8 @@
 """The metadata-store seams: one narrow protocol per client.
 
-Services type against ``FileStore``, ``UploadStore``, ``BatchStore`` and ``KeyStore``;
-the engine against ``WorkQueue`` only. ``store/sql.py`` implements all of them over one
+Services type against ``FileStore``, ``UploadStore``, ``BatchStore``, ``KeyStore`` and
+``WebhookStore``; the engine against ``WorkQueue`` only, the webhook dispatcher against
+``WebhookOutbox``. ``store/sql.py`` implements all of them over one
 SQL database (SQLite or PostgreSQL), and ``tests/contract`` runs each protocol's
 contract against both.
 
@@ -12,7 +13,7 @@ only the other errors are listed below.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from overnight.domain.batches import (
@@ -26,6 +27,7 @@ from overnight.domain.batches import (
 )
 from overnight.domain.files import File
 from overnight.domain.uploads import Upload
+from overnight.domain.webhooks import Delivery, DisablePolicy, OutboxEntry, Webhook
 
 Page = tuple[float, str]  # (create_time, id) of the previous page's last row
 
@@ -276,4 +278,97 @@ class WorkQueue(Protocol):
 
     async def release_owner(self, owner: str) -> int:
         """Release every lease ``owner`` holds; return how many shards it held."""
+        ...
+
+
+class WebhookStore(Protocol):
+    """Registered webhooks, per tenant (the webhook service)."""
+
+    async def create_webhook(self, webhook: Webhook, *, max_per_tenant: int) -> None:
+        """Record a webhook. Raises ``FailedPrecondition`` when its tenant already has
+        ``max_per_tenant``."""
+        ...
+
+    async def get_webhook(self, webhook_id: str, tenant: str | None = None) -> Webhook:
+        """Raises ``NotFound``; another tenant's webhook is not found either."""
+        ...
+
+    async def list_webhooks(
+        self, tenant: str, *, limit: int, after: Page | None = None
+    ) -> list[Webhook]:
+        """A page of the tenant's webhooks, newest first, after ``after``."""
+        ...
+
+    async def update_webhook(
+        self, webhook_id: str, tenant: str, changes: Mapping[str, Any], *, now: float
+    ) -> Webhook:
+        """Apply ``changes`` (``name``, ``uri``, ``subscribed_events``, ``state``) in one
+        transaction and return the webhook as it now is. Enabling it clears its count of
+        failed deliveries. Raises ``NotFound``."""
+        ...
+
+    async def rotate_webhook_secret(
+        self,
+        webhook_id: str,
+        tenant: str,
+        secret: str,
+        *,
+        now: float,
+        keep_previous_until: float | None,
+    ) -> Webhook:
+        """Add a signing secret; the others keep signing until ``keep_previous_until``
+        (None: they stop now). Raises ``NotFound``."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str, tenant: str | None = None) -> Webhook:
+        """Delete a webhook and its undelivered events; return it. Raises ``NotFound``."""
+        ...
+
+    async def enqueue_ping(self, webhook_id: str, tenant: str, *, now: float) -> None:
+        """Queue a ``webhook.ping`` event to the webhook. Raises ``NotFound``, or
+        ``FailedPrecondition`` when it is not enabled."""
+        ...
+
+    async def dynamic_secret(self, tenant: str, *, now: float) -> str:
+        """The secret that signs deliveries to the tenant's batches' own
+        ``webhookConfig`` URIs; made on first use, the same afterwards."""
+        ...
+
+
+class WebhookOutbox(Protocol):
+    """What the webhook dispatcher leases and records.
+
+    Rows are written by the batch transitions themselves (in their transactions);
+    the dispatcher leases due rows, POSTs them and records each attempt, conditional
+    on its lease token, so a dispatcher that died or lost its lease changes nothing.
+    """
+
+    async def lease_deliveries(
+        self, token: str, *, now: float, lease_until: float, limit: int
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries until ``lease_until``, with their target
+        URI and live signing secrets. Rows whose webhook is gone or not enabled are
+        finished as FAILED instead."""
+        ...
+
+    async def finish_attempt(
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: float | None = None,
+        policy: DisablePolicy,
+    ) -> bool:
+        """Record an attempt: delivered, or due again at ``retry_at`` (None: given up).
+        Failures count against the webhook; True when ``policy`` disabled it now."""
+        ...
+
+    async def prune_deliveries(self, before: float) -> int:
+        """Delete deliveries that finished before ``before``; return how many."""
+        ...
+
+    async def list_outbox(self, tenant: str | None = None) -> list[OutboxEntry]:
+        """Every outbox row (of ``tenant``), oldest first."""
         ...

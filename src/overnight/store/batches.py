@@ -11,6 +11,7 @@ from overnight.domain.batches import Batch, BatchState, allowed_sources
 from overnight.errors import NotFound
 from overnight.store import tables as t
 from overnight.store.db import Database
+from overnight.store.outbox import enqueue_batch_events
 from overnight.store.rows import batch_values, to_batch
 from overnight.store.sqlhelpers import owned_row, page
 
@@ -75,7 +76,11 @@ class SqlBatchStore:
     async def transition(
         self, batch_id: str, target: BatchState, *, now: float, error: str | None = None
     ) -> bool:
-        """Move a batch to ``target`` if its current state allows it. True if it moved."""
+        """Move a batch to ``target`` if its current state allows it. True if it moved.
+
+        A terminal ``target`` writes the batch's webhook deliveries to the outbox in the
+        same transaction.
+        """
         sources = [s.value for s in allowed_sources(target)]
 
         def q(conn: Connection) -> bool:
@@ -89,7 +94,11 @@ class SqlBatchStore:
                 .where(t.batches.c.id == batch_id, t.batches.c.state.in_(sources))
                 .values(**values)
             )
-            return res.rowcount == 1
+            if res.rowcount != 1:
+                return False
+            if target.terminal:
+                enqueue_batch_events(conn, [batch_id], target, now)
+            return True
 
         return await self._db.run(q)
 

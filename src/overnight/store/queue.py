@@ -29,6 +29,7 @@ from overnight.domain.files import File
 from overnight.store import tables as t
 from overnight.store.batches import SqlBatchStore
 from overnight.store.db import Database
+from overnight.store.outbox import enqueue_batch_events
 from overnight.store.rows import file_values, to_batch, to_shard
 from overnight.store.sqlhelpers import TERMINAL, count_done, lock_batch
 
@@ -57,7 +58,8 @@ class SqlWorkQueue:
         return await self._batches.transition(batch_id, target, now=now, error=error)
 
     async def expire_batches(self, now: float) -> list[str]:
-        """Move batches past their deadline to EXPIRED; return their ids."""
+        """Move batches past their deadline to EXPIRED; return their ids. Their webhook
+        deliveries are written to the outbox in the same transaction."""
         sources = [s.value for s in allowed_sources(BatchState.EXPIRED)]
 
         def q(conn: Connection) -> list[str]:
@@ -68,7 +70,10 @@ class SqlWorkQueue:
                     )
                 ).scalars()
             )
-            if ids:
+            if not ids:
+                return ids
+            # RETURNING: only the batches this UPDATE moved (a racing cancel may win one).
+            expired = list(
                 conn.execute(
                     update(t.batches)
                     .where(t.batches.c.id.in_(ids), t.batches.c.state.in_(sources))
@@ -78,8 +83,11 @@ class SqlWorkQueue:
                         end_time=now,
                         error="the batch did not finish before its deadline",
                     )
-                )
-            return ids
+                    .returning(t.batches.c.id)
+                ).scalars()
+            )
+            enqueue_batch_events(conn, expired, BatchState.EXPIRED, now)
+            return expired
 
         return await self._db.run(q)
 
@@ -250,6 +258,8 @@ class SqlWorkQueue:
                 return False  # nothing was written yet
             if output is not None:
                 conn.execute(insert(t.files).values(**file_values(output)))
+            if target is not None and target.terminal:
+                enqueue_batch_events(conn, [batch_id], target, now)
             return True
 
         return await self._db.run(q)

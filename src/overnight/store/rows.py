@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from overnight.domain.batches import Batch, BatchKind, BatchState, Shard, ShardState, Usage
 from overnight.domain.files import File, FileSource, FileState
 from overnight.domain.uploads import Upload
+from overnight.domain.webhooks import SigningSecret, Webhook, WebhookConfig, WebhookState
 
 
 def file_values(file: File) -> dict[str, Any]:
@@ -94,6 +97,7 @@ def batch_values(batch: Batch) -> dict[str, Any]:
         "ref": batch.ref,
         "admitted": batch.admitted,
         "finalized": batch.finalized,
+        "webhook_config": batch.webhook_config.to_json() if batch.webhook_config else None,
     }
 
 
@@ -121,6 +125,7 @@ def to_batch(row: Any) -> Batch:
         ref=row["ref"],
         admitted=bool(row["admitted"]),
         finalized=bool(row["finalized"]),
+        webhook_config=WebhookConfig.from_json(row.get("webhook_config")),
     )
 
 
@@ -138,4 +143,48 @@ def to_shard(row: Any) -> Shard:
         lease_token=row["lease_token"],
         attempts=int(row["attempts"]),
         output_blob=row["output_blob"],
+    )
+
+
+def secrets_json(secrets: tuple[SigningSecret, ...]) -> str:
+    return orjson.dumps(
+        [
+            {"secret": s.secret, "create_time": s.create_time, "expire_time": s.expire_time}
+            for s in secrets
+        ]
+    ).decode()
+
+
+def webhook_values(webhook: Webhook) -> dict[str, Any]:
+    return {
+        "id": webhook.id,
+        "tenant": webhook.tenant,
+        "name": webhook.name,
+        "uri": webhook.uri,
+        "subscribed_events": orjson.dumps(list(webhook.subscribed_events)).decode(),
+        "state": webhook.state.value,
+        "secrets": secrets_json(webhook.secrets),
+        "create_time": webhook.create_time,
+        "update_time": webhook.update_time,
+        "consecutive_failures": webhook.consecutive_failures,
+        "failing_since": webhook.failing_since,
+    }
+
+
+def to_webhook(row: Any) -> Webhook:
+    return Webhook(
+        id=row["id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        uri=row["uri"],
+        subscribed_events=tuple(orjson.loads(row["subscribed_events"])),
+        state=WebhookState(row["state"]),
+        secrets=tuple(
+            SigningSecret(s["secret"], s["create_time"], s.get("expire_time"))
+            for s in orjson.loads(row["secrets"])
+        ),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        consecutive_failures=int(row["consecutive_failures"] or 0),
+        failing_since=row["failing_since"],
     )

@@ -1,25 +1,36 @@
 """The metadata store on SQLAlchemy 2 Core, for SQLite and PostgreSQL.
 
 ``SqlStore`` opens one ``Database`` and hands each client the part it uses: the
-services get ``files``, ``uploads``, ``batches`` and ``keys``, the engine gets
-``queue``. Each part implements one protocol of ``store/base.py``.
+services get ``files``, ``uploads``, ``batches``, ``keys`` and ``webhooks``, the engine
+gets ``queue``, the webhook dispatcher ``outbox``. Each part implements one protocol of
+``store/base.py``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from overnight.store.base import BatchStore, FileStore, KeyStore, UploadStore, WorkQueue
+from overnight.store.base import (
+    BatchStore,
+    FileStore,
+    KeyStore,
+    UploadStore,
+    WebhookOutbox,
+    WebhookStore,
+    WorkQueue,
+)
 from overnight.store.batches import SqlBatchStore
 from overnight.store.db import Database
 from overnight.store.files import SqlFileStore
 from overnight.store.keys import SqlKeyStore
+from overnight.store.outbox import SqlWebhookOutbox
 from overnight.store.queue import SqlWorkQueue
 from overnight.store.uploads import SqlUploadStore
+from overnight.store.webhooks import SqlWebhookStore
 
 
 class SqlStore:
-    """Files, uploads, batches, keys and the work queue over one database.
+    """Files, uploads, batches, keys, the work queue and webhooks over one database.
 
     Build with ``await SqlStore.open(url)``; ``close`` when done.
     """
@@ -31,6 +42,8 @@ class SqlStore:
         self.batches: BatchStore = SqlBatchStore(db)
         self.keys: KeyStore = SqlKeyStore(db)
         self.queue: WorkQueue = SqlWorkQueue(db)
+        self.webhooks: WebhookStore = SqlWebhookStore(db)
+        self.outbox: WebhookOutbox = SqlWebhookOutbox(db)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:

@@ -12,7 +12,7 @@ from overnight.store import tables as t
 
 TERMINAL = [s.value for s in BatchState if s.terminal]
 
-_NOUNS = {"files": "file", "batches": "batch"}
+_NOUNS = {"files": "file", "batches": "batch", "webhooks": "webhook"}
 
 
 def lock_batch(conn: Connection, batch_id: str) -> bool | None:

@@ -66,6 +66,7 @@ batches = Table(
     Column("finalized", Boolean, nullable=False, default=False),
     Column("lease_owner", String(255), nullable=True),
     Column("lease_expires", Float, nullable=True),
+    Column("webhook_config", Text, nullable=True),  # migration 5: JSON {uris, user_metadata}
 )
 
 shards = Table(
@@ -113,6 +114,56 @@ uploads = Table(
     # One open session per requested name (migration 3); finalize still relies on the
     # files key, as a name can be reserved again while its file is being recorded.
     Index("ux_uploads_tenant_file", "tenant", "file_id", unique=True),
+)
+
+# Registered webhooks (migration 5). ``secrets`` is a JSON list of
+# {secret, create_time, expire_time}; ``subscribed_events`` a JSON list of names.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False, index=True),
+    Column("name", Text, nullable=False, default=""),
+    Column("uri", Text, nullable=False),
+    Column("subscribed_events", Text, nullable=False),
+    Column("state", String(48), nullable=False),
+    Column("secrets", Text, nullable=False),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("failing_since", Float, nullable=True),
+)
+
+# The outbox (migration 5): one row per event and target, written in the transaction
+# that ends the batch. A row is leased by moving ``next_attempt_at`` past the attempt
+# under a fresh ``lease_token``; a dispatcher that dies leaves it due again after that.
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("webhook_id", String(64), nullable=True, index=True),  # None: a batch's own URI
+    Column("uri", Text, nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("create_time", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_token", String(64), nullable=True),
+    Column("finish_time", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
+)
+
+# The secret that signs deliveries to batches' own webhookConfig URIs, per tenant.
+webhook_dynamic_secrets = Table(
+    "webhook_dynamic_secrets",
+    metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("secret", Text, nullable=False),
+    Column("create_time", Float, nullable=False),
 )
 
 schema_migrations = Table(

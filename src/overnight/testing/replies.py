@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from overnight.testing.config import UpstreamConfig
+from overnight.testing.tool_replies import gemini_call, openai_call, parameters_of
 
 _GOOGLE_STATUS = {
     400: "INVALID_ARGUMENT",
@@ -174,7 +175,21 @@ class OpenAI:
         fmt = body.get("response_format") or {}
         choices: list[dict[str, Any]] = []
         texts: list[str] = []
+        call = openai_call(body, text)
         for index in range(n):
+            if call is not None:
+                arguments = orjson.dumps(minimal_instance(parameters_of(call))).decode()
+                tool_call = {"name": call.get("name"), "arguments": arguments}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": f"call_{serial}_{index}", "type": "function", "function": tool_call}
+                    ],
+                }
+                texts.append("")
+                choices.append({"index": index, "message": message, "finish_reason": "tool_calls"})
+                continue
             if fmt.get("type") in ("json_schema", "json_object"):
                 schema = (fmt.get("json_schema") or {}).get("schema")
                 reply, cut = (
@@ -259,7 +274,20 @@ class Gemini:
         schema = config.get("responseJsonSchema") or config.get("responseSchema")
         candidates: list[dict[str, Any]] = []
         texts: list[str] = []
+        call = gemini_call(body, text)
         for index in range(count):
+            if call is not None:
+                args = minimal_instance(parameters_of(call))
+                part = {"functionCall": {"name": call.get("name"), "args": args}}
+                texts.append("")
+                candidates.append(
+                    {
+                        "content": {"role": "model", "parts": [part]},
+                        "finishReason": "STOP",
+                        "index": index,
+                    }
+                )
+                continue
             if config.get("responseMimeType") == "application/json":
                 reply, cut = (
                     orjson.dumps(minimal_instance(schema) if schema else {}).decode(),

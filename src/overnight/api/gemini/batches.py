@@ -9,18 +9,21 @@ camelCase and snake_case are both accepted.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
 from overnight.api.body import read_json_object
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
+from overnight.api.gemini.bodies import BATCH_CREATE, CANCEL
 from overnight.api.gemini.operations import inlined_item, render_listed, render_operation
 from overnight.api.openapi import answers, json_body
 from overnight.api.paging import PageRequest, paging
-from overnight.app import Services
 from overnight.domain.batches import Batch, BatchKind
+from overnight.domain.fields import check_known
 from overnight.errors import InvalidArgument
+from overnight.services.container import ServiceSet
 
 router = APIRouter()
 
@@ -70,9 +73,11 @@ def _inline_requests(requests: Any) -> list[dict[str, Any]]:
 
 
 async def _create(
-    request: Request, services: Services, tenant: str, model: str, kind: BatchKind
+    request: Request, services: ServiceSet, tenant: str, model: str, kind: BatchKind
 ) -> dict[str, Any]:
     body = await _read_body(request, services.settings.server.max_inline_bytes)
+    # Up to server.max_inline_bytes of requests to walk: off the event loop.
+    await asyncio.to_thread(check_known, body, BATCH_CREATE[kind])
     batch = body.get("batch")
     if not isinstance(batch, dict):
         raise InvalidArgument('the body must hold the batch: {"batch": {"inputConfig": ...}}')
@@ -88,11 +93,17 @@ async def _create(
     requests = config.get("requests")
     if (file_name is None) == (requests is None):
         raise InvalidArgument("batch.inputConfig needs exactly one of 'requests' and 'fileName'")
+    webhooks = services.webhooks.batch_config(_field(batch, "webhookConfig", "webhook_config"))
     if file_name is not None:
         if not isinstance(file_name, str) or not file_name:
             raise InvalidArgument("batch.inputConfig.fileName must be a file name: files/ID")
         created = await services.batches.create_from_file(
-            tenant, model=model, kind=kind, file_id=file_name, display_name=display_name
+            tenant,
+            model=model,
+            kind=kind,
+            file_id=file_name,
+            display_name=display_name,
+            webhook_config=webhooks,
         )
     else:
         created = await services.batches.create_inline(
@@ -101,11 +112,12 @@ async def _create(
             kind=kind,
             requests=_inline_requests(requests),
             display_name=display_name,
+            webhook_config=webhooks,
         )
     return render_operation(created)
 
 
-async def _render(services: Services, batch: Batch) -> dict[str, Any]:
+async def _render(services: ServiceSet, batch: Batch) -> dict[str, Any]:
     lines = await services.batches.inline_results(batch)
     return render_operation(batch, [inlined_item(line) for line in lines])
 
@@ -157,9 +169,11 @@ async def list_batches(
     "/{version}/batches/{batch_id}:cancel", response_model=None, responses=answers("Empty")
 )
 async def cancel_batch(
-    version: VersionDep, batch_id: str, services: ServicesDep, tenant: TenantDep
+    version: VersionDep, batch_id: str, request: Request, services: ServicesDep, tenant: TenantDep
 ) -> dict[str, Any]:
-    """Best effort: the batch ends CANCELLED; finished requests stay in its output."""
+    """Best effort: the batch ends CANCELLED; finished requests stay in its output.
+    A batch that has already ended answers FAILED_PRECONDITION naming its state."""
+    check_known(await read_json_object(request), CANCEL)
     await services.batches.cancel(tenant, batch_id)
     return {}
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -34,7 +35,7 @@ def render_file(file: File, base: str, version: str) -> dict[str, Any]:
         "sizeBytes": int64(file.size_bytes),
         "createTime": timestamp(file.create_time),
         "updateTime": timestamp(file.update_time),
-        "sha256Hash": file.sha256,
+        "sha256Hash": sha256_hash(file.sha256),
         "uri": f"{base}/{version}/files/{file.id}",
         "state": file.state.value,
         "source": file.source.value,
@@ -44,6 +45,14 @@ def render_file(file: File, base: str, version: str) -> dict[str, Any]:
     if file.source is FileSource.GENERATED:
         body["downloadUri"] = f"{base}/{version}/files/{file.id}:download?alt=media"
     return body
+
+
+def sha256_hash(hex_digest: str) -> str:
+    """``sha256Hash`` as Gemini gives it: the raw digest in base64 (the store keeps hex)."""
+    try:
+        return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+    except ValueError:
+        return hex_digest
 
 
 async def _download(services: ServicesDep, tenant: str, file_id: str) -> StreamingResponse:

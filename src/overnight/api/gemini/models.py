@@ -17,9 +17,17 @@ from fastapi.responses import Response, StreamingResponse
 
 from overnight.api.body import read_json_object
 from overnight.api.deps import ServicesDep, TenantDep, VersionDep
+from overnight.api.gemini.bodies import (
+    BATCH_EMBED_CONTENTS,
+    COUNT_TOKENS,
+    EMBED_REQUEST,
+    GENERATE_REQUEST,
+)
 from overnight.api.openapi import answers, json_body, ref
+from overnight.backends import registry
 from overnight.catalog import ModelCatalog, ModelEntry
 from overnight.domain.batches import BatchKind
+from overnight.domain.fields import check_known
 from overnight.domain.lines import parse_request
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.errors import InvalidArgument
@@ -87,9 +95,20 @@ def _model(catalog: ModelCatalog, asked: str, entry: ModelEntry) -> dict[str, An
         "supportedGenerationMethods": _methods(entry),
     }
     if BatchKind.GENERATE in entry.kinds:
-        # Without a temperature the local backends decode greedily.
-        model.update({"temperature": 0.0, "maxTemperature": 2.0, "topP": 1.0})
+        model.update(_sampling(entry))
     return model
+
+
+def _sampling(entry: ModelEntry) -> dict[str, Any]:
+    """The defaults a request without them gets (``config.generation``), as Gemini
+    publishes them. A local model with no default temperature decodes greedily: 0. An
+    upstream's own defaults are unknown here, so they are left out."""
+    defaults = entry.generation_defaults
+    temperature = defaults.temperature
+    if temperature is None and registry.BACKENDS[entry.settings.backend].local:
+        temperature = 0.0
+    published = {"temperature": temperature, "topP": defaults.top_p, "topK": defaults.top_k}
+    return {"maxTemperature": 2.0} | {k: v for k, v in published.items() if v is not None}
 
 
 @router.get("/{version}/models", responses=answers("ListModelsResponse"))
@@ -144,6 +163,7 @@ def _generate_request(body: Any, prefix: str) -> GenerateRequest:
 
 async def _generate(model: str, request: Request, services: ServicesDep) -> dict[str, Any]:
     body = await read_json_object(request)
+    check_known(body, GENERATE_REQUEST)
     parsed = _generate_request(body, "GenerateContentRequest")
     result = await services.generation.generate(model, parsed)
     return result.to_wire(new_id(20))
@@ -207,7 +227,9 @@ def _embed_request(body: Any, prefix: str) -> EmbedRequest:
 async def embed_content(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
-    parsed = _embed_request(await read_json_object(request), "EmbedContentRequest")
+    body = await read_json_object(request)
+    check_known(body, EMBED_REQUEST)
+    parsed = _embed_request(body, "EmbedContentRequest")
     (result,) = await services.generation.embed(model, [parsed])
     return _json({"embedding": {"values": result.values}})
 
@@ -221,18 +243,13 @@ async def batch_embed_contents(
     version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
 ) -> Response:
     body = await read_json_object(request)
-    unknown = sorted(set(body) - {"requests"})
-    if unknown:
-        raise InvalidArgument(f"unknown field(s) {', '.join(unknown)}; the body is {{requests}}")
+    check_known(body, BATCH_EMBED_CONTENTS)
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise InvalidArgument("requests: required, a non-empty list of EmbedContentRequest")
     parsed = [_embed_request(r, f"requests[{i}]") for i, r in enumerate(requests)]
     results = await services.generation.embed(model, parsed)
     return _json({"embeddings": [{"values": r.values} for r in results]})
-
-
-_COUNT_FIELDS = {"contents", "generateContentRequest", "generate_content_request"}
 
 
 @router.post(
@@ -245,11 +262,7 @@ async def count_tokens(
 ) -> Response:
     """``{"contents": [...]}`` or ``{"generateContentRequest": {...}}`` → totalTokens."""
     body = await read_json_object(request)
-    unknown = sorted(set(body) - _COUNT_FIELDS - {"model"})
-    if unknown:
-        raise InvalidArgument(
-            f"unknown field(s) {', '.join(unknown)}; send contents or generateContentRequest"
-        )
+    check_known(body, COUNT_TOKENS)
     inner = body.get("generateContentRequest", body.get("generate_content_request"))
     if inner is not None:
         parsed = _generate_request(inner, "generateContentRequest")

@@ -17,9 +17,10 @@ from fastapi.responses import JSONResponse
 
 from overnight.api.body import read_json_object
 from overnight.api.deps import BaseDep, ServicesDep, VersionDep, get_tenant
+from overnight.api.gemini.bodies import UPLOAD_START
 from overnight.api.gemini.files import render_file
 from overnight.api.openapi import header, query, ref
-from overnight.app import Services
+from overnight.domain.fields import check_known
 from overnight.domain.files import File
 from overnight.domain.uploads import Upload
 from overnight.errors import InvalidArgument
@@ -28,28 +29,6 @@ from overnight.services.uploads import CHUNK_GRANULARITY, UploadService
 MAX_START_BODY = 64 * 1024
 
 router = APIRouter()
-
-
-def upload_service_for(services: Services) -> UploadService:
-    """Build the upload service from the settings. One per process (see ``upload_service``)."""
-    server = services.settings.server
-    return UploadService(
-        services.store.uploads,
-        services.blobs,
-        max_bytes=server.max_upload_bytes,
-        session_s=server.upload_session_minutes * 60,
-        retention_s=server.file_retention_hours * 3600,
-    )
-
-
-def upload_service(request: Request, services: Services) -> UploadService:
-    """The app's one ``UploadService`` (it serializes each session's chunks), made on
-    first use unless the server put one in ``app.state.uploads``."""
-    state = request.app.state
-    if getattr(state, "uploads", None) is None:
-        state.uploads = upload_service_for(services)
-    uploads: UploadService = state.uploads
-    return uploads
 
 
 _PROTOCOL = {
@@ -111,7 +90,7 @@ async def upload(
     request: Request, version: VersionDep, services: ServicesDep, base: BaseDep
 ) -> Response:
     """Start a session (no ``upload_id``), or take one chunk of it."""
-    uploads = upload_service(request, services)
+    uploads = services.uploads
     token = request.query_params.get("upload_id")
     command = _command(request)
     if token is None:
@@ -180,6 +159,7 @@ async def _start_body(request: Request) -> dict[str, Any]:
         too_large=f"the upload start request body is over {MAX_START_BODY} bytes; "
         "send the file's bytes to the upload URL instead",
     )
+    check_known(body, UPLOAD_START)
     spec = body.get("file", {})
     if not isinstance(spec, dict):
         raise InvalidArgument('the upload start body must look like {"file": {...}}')

@@ -15,6 +15,7 @@ from overnight.store.migrations import (
     m0002_api,
     m0003_file_names,
     m0004_shard_attempts,
+    m0005_webhooks,
 )
 
 Migration = tuple[int, str, Callable[[Connection], None]]
@@ -24,4 +25,5 @@ MIGRATIONS: list[Migration] = [
     (2, "api keys and upload sessions", m0002_api.upgrade),
     (3, "file names per tenant; one upload session per name", m0003_file_names.upgrade),
     (4, "shard attempts count failures only", m0004_shard_attempts.upgrade),
+    (5, "webhooks, their outbox, and batches' own webhookConfig", m0005_webhooks.upgrade),
 ]

@@ -1,21 +1,46 @@
-"""Started backends, one per configured model, shared by every worker of a process."""
+"""Started backends, one per configured model, shared by every user in a process.
+
+The batch workers and the synchronous calls (``services/generation.py``) take their
+backends from one ``BackendPool``, so a model is loaded once per process, by
+whichever path asks first. The pool resolves names through a ``ModelResolver``
+(``catalog.ModelCatalog`` in production), typed here as a protocol so that the
+backends layer does not depend on the catalog above it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from overnight.backends.base import Backend
 from overnight.backends.registry import create_backend
-from overnight.catalog import ModelCatalog
+from overnight.config import ModelSettings, generation_defaults
+from overnight.domain.requests import GenerationConfig
+
+
+class ResolvedModel(Protocol):
+    """A configured model: its own name and its settings."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> ModelSettings: ...
+
+
+class ModelResolver(Protocol):
+    """Maps a model name (or alias) to the configured model; raises ``NotFound``."""
+
+    def resolve(self, name: str) -> ResolvedModel: ...
 
 
 class BackendPool:
     """Creates and starts each model's backend once, on first use."""
 
-    def __init__(self, catalog: ModelCatalog, cache_dir: Path) -> None:
-        self._catalog = catalog
+    def __init__(self, models: ModelResolver, cache_dir: Path) -> None:
+        self._models = models
         self._cache_dir = cache_dir
         self._backends: dict[str, Backend] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -26,6 +51,11 @@ class BackendPool:
 
     def loaded(self, name: str) -> bool:
         return name in self._backends
+
+    def generation_defaults(self, name: str) -> GenerationConfig:
+        """What requests to model ``name`` get for the generationConfig fields they leave
+        unset (``config.generation``). Raises ``NotFound`` for an unknown model."""
+        return generation_defaults(self._models.resolve(name).settings)
 
     async def get(self, name: str, on_status: Callable[[str], None] | None = None) -> Backend:
         """The started backend of model ``name``; starts it on first use.
@@ -40,7 +70,7 @@ class BackendPool:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name not in self._backends:
-                entry = self._catalog.resolve(name)
+                entry = self._models.resolve(name)
                 backend = create_backend(entry.name, entry.settings, self._cache_dir)
                 if on_status is not None and hasattr(backend, "on_status"):
                     backend.on_status = on_status
