@@ -20,6 +20,7 @@ BENCHES = [
     ["bench_generate.py"],
     ["bench_contention.py"],
     ["bench_structured.py"],
+    ["bench_loops.py"],
     ["bench_upstream.py", "--requests", "20000"],
     ["race_vllm.py"],
 ]

@@ -53,6 +53,7 @@ class Runtime:
             pool=self.pool,
             settings=self.settings.engine,
             scope=scope or WorkerScope(),
+            read_file=self.services.files.read_part,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -104,7 +105,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         files=files,
         uploads=uploads,
         batches=batches,
-        generation=GenerationService(catalog, pool),
+        generation=GenerationService(catalog, pool, files.read_part),
         runs=RunService(catalog, files, batches),
         keys=KeyService(store.keys),
         webhooks=WebhookService(store.webhooks, settings.webhooks),

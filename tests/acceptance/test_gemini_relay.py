@@ -78,7 +78,9 @@ def test_a_batch_relayed_to_another_overnight_matches_a_direct_run(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
     lines = [
-        {"key": f"k{i}", "request": request(text, maxOutputTokens=12)}
+        # temperature 0 asks for greedy decoding over the model's sampling defaults: a
+        # relayed call is a synchronous call, which draws afresh without a seed
+        {"key": f"k{i}", "request": request(text, maxOutputTokens=12, temperature=0)}
         for i, text in enumerate(PROMPTS)
     ]
     env = {"OVERNIGHT_MODEL_CACHE_DIR": str(model_cache_dir)}

@@ -24,12 +24,25 @@ from overnight.blobs.base import BlobStore
 from overnight.blobs.keys import shard_output_key
 from overnight.domain.batches import Batch, BatchKind, Shard, ShardOutcome, Usage
 from overnight.domain.capabilities import check_embed, check_generate
+from overnight.domain.file_parts import (
+    TenantFileReader,
+    has_file_parts,
+    reader_for,
+    resolve_file_parts,
+)
 from overnight.domain.generation import apply_defaults
 from overnight.domain.lines import LineError, RequestLine, parse_line
 from overnight.domain.requests import EmbedRequest, GenerateRequest, GenerationConfig
 from overnight.domain.results import EmbedResult, GenerateResult
 from overnight.engine.admission import iter_lines
-from overnight.errors import BlobError, OvernightError, RequestRejected, StorageFull
+from overnight.errors import (
+    BlobError,
+    InvalidArgument,
+    NotFound,
+    OvernightError,
+    RequestRejected,
+    StorageFull,
+)
 
 T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated)
@@ -115,12 +128,15 @@ async def run_shard(
     should_stop: Callable[[], Awaitable[bool]],
     on_progress: ProgressFn | None = None,
     defaults: GenerationConfig | None = None,
+    read_file: TenantFileReader | None = None,
 ) -> ShardOutcome:
     """Execute a leased shard and publish its output blob. Raises ``ShardAbandoned``.
 
     ``defaults`` (the model's, ``domain.generation``) fill the generationConfig fields
     a request leaves unset, after the request passed the capability check; a line
-    that samples without a seed gets one derived from its key.
+    that samples without a seed gets one derived from its key. ``read_file`` resolves
+    ``fileData`` parts naming the batch tenant's files (``domain.file_parts``), per
+    micro-batch, after the check; a file that cannot be read fails only its line.
 
     Every other error propagates, and the worker sorts it: a blob I/O failure
     arrives as ``BlobError``/``StorageFull`` (waited out), a transient backend error
@@ -154,14 +170,19 @@ async def run_shard(
         if await should_stop():
             raise ShardAbandoned()
         chunk = runnable[i : i + step]
-        requests = [s.request for s in chunk]
+        if read_file is not None:
+            chunk, requests = await _with_files(chunk, read_file, batch, on_progress)
+            if not chunk:
+                continue
+        else:
+            requests = [s.request for s in chunk]
         live = _LiveProgress(on_progress) if on_progress else None
         watching = LIVE_PROGRESS.set(live)
         try:
             if batch.kind is BatchKind.GENERATE:
-                outcomes: list[Any] = await backend.generate(requests)  # type: ignore[arg-type]
+                outcomes: list[Any] = await backend.generate(requests)
             else:
-                outcomes = await backend.embed(requests)  # type: ignore[arg-type]
+                outcomes = await backend.embed(requests)
         finally:
             LIVE_PROGRESS.reset(watching)
         if len(outcomes) != len(chunk):
@@ -187,6 +208,30 @@ async def run_shard(
     output_key = shard_output_key(batch.id, shard.seq, token)
     succeeded = await _blob_io(_write_output, blobs, output_key, slots)
     return ShardOutcome(output_key, succeeded, len(slots) - succeeded, usage)
+
+
+async def _with_files(
+    chunk: list[_Slot], read_file: TenantFileReader, batch: Batch, on_progress: ProgressFn | None
+) -> tuple[list[_Slot], list[Any]]:
+    """The slots whose files could be read, and their requests with ``fileData`` parts
+    resolved; the others get their error. Per micro-batch, and not kept on the slots,
+    so at most one micro-batch of file bytes is in memory."""
+    kept: list[_Slot] = []
+    requests: list[Any] = []
+    for slot in chunk:
+        request = slot.request
+        if isinstance(request, GenerateRequest) and has_file_parts(request):
+            try:
+                request = await resolve_file_parts(request, reader_for(read_file, batch.tenant))
+            except (NotFound, InvalidArgument) as exc:
+                slot.error = LineError(slot.line_no, exc.message, slot.key, inline=batch.inline)
+                slot.error.status, slot.error.grpc_code = exc.status, exc.grpc_code  # type: ignore[misc]
+                if on_progress:
+                    on_progress(1, 0)
+                continue
+        kept.append(slot)
+        requests.append(request)
+    return kept, requests
 
 
 async def fail_shard(

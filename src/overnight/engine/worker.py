@@ -31,6 +31,7 @@ from overnight.backends.pool import BackendPool
 from overnight.blobs.base import BlobStore
 from overnight.config import EngineSettings
 from overnight.domain.batches import Batch, BatchState, BatchWork, LeasedShard, Shard, ShardOutcome
+from overnight.domain.file_parts import TenantFileReader
 from overnight.engine.admission import Admission, cut_shards
 from overnight.engine.finalize import finalize_batch
 from overnight.engine.health import (
@@ -76,12 +77,11 @@ class Worker:
     settings: EngineSettings
     scope: WorkerScope = field(default_factory=WorkerScope)
     on_progress: ProgressFn | None = None
-    on_finalized: Callable[[str], None] | None = (
-        None  # called with the id of each batch this worker finalized
-    )
+    on_finalized: Callable[[str], None] | None = None  # given each batch id it finalized
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=new_owner_id)
     retention_s: float | None = None
+    read_file: TenantFileReader | None = None  # resolves fileData parts (domain.file_parts)
 
     def __post_init__(self) -> None:
         self._held: dict[tuple[str, int], _Held] = {}
@@ -364,6 +364,7 @@ class Worker:
                 should_stop=should_stop,
                 on_progress=self._progress,
                 defaults=self.pool.generation_defaults(batch.model_resolved),
+                read_file=self.read_file,
             )
             give_back = False
             return outcome

@@ -18,7 +18,13 @@ from overnight.blobs.base import BlobStore
 from overnight.blobs.keys import file_key
 from overnight.blobs.space import SpaceReserve
 from overnight.domain.files import File, FileSource
-from overnight.errors import FailedPrecondition, InvalidArgument, NotFound, StorageFull
+from overnight.errors import (
+    BlobNotFound,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StorageFull,
+)
 from overnight.services.ids import new_id
 from overnight.store.base import FileStore
 
@@ -143,6 +149,26 @@ class FileService:
                     yield chunk
 
         return file, chunks()
+
+    async def read_part(self, tenant: str, file_id: str, max_bytes: int) -> tuple[str, bytes]:
+        """The ``(mimeType, bytes)`` of a tenant's file, for a ``fileData`` part.
+
+        Raises ``NotFound`` for a missing, expired or another tenant's file (its blob
+        gone included) and ``InvalidArgument`` past ``max_bytes``.
+        """
+        file = await self.get(tenant, file_id)
+        if file.expire_time is not None and file.expire_time <= time.time():
+            raise NotFound(f"file {file.name} has expired")
+        if file.size_bytes > max_bytes:
+            raise InvalidArgument(
+                f"file {file.name} has {file.size_bytes} bytes, over the {max_bytes}-byte "
+                "limit for a fileData part"
+            )
+        try:
+            data = await asyncio.to_thread(self.blobs.read_range, file.blob_key, 0, file.size_bytes)
+        except BlobNotFound:
+            raise NotFound(f"file {file.name} has no bytes any more") from None
+        return file.mime_type, data
 
     async def copy_to(self, file: File, target: Path) -> None:
         """Write a file's bytes to a local path atomically (temporary name, then rename)."""

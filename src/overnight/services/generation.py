@@ -18,6 +18,12 @@ from typing import Protocol
 from overnight.catalog import ModelCatalog, ModelEntry
 from overnight.domain.batches import BatchKind
 from overnight.domain.capabilities import Capabilities, check_embed, check_generate
+from overnight.domain.file_parts import (
+    TenantFileReader,
+    has_file_parts,
+    reader_for,
+    resolve_file_parts,
+)
 from overnight.domain.generation import apply_defaults
 from overnight.domain.requests import EmbedRequest, GenerateRequest
 from overnight.domain.results import EmbedResult, GenerateResult
@@ -53,22 +59,30 @@ class ModelPool(Protocol):
 class GenerationService:
     """Runs single requests on a model, resolving names and aliases through the catalog."""
 
-    def __init__(self, catalog: ModelCatalog, pool: ModelPool) -> None:
+    def __init__(
+        self, catalog: ModelCatalog, pool: ModelPool, read_file: TenantFileReader | None = None
+    ) -> None:
         self.catalog = catalog
         self.pool = pool
+        self.read_file = read_file  # resolves fileData parts (``FileService.read_part``)
 
     async def _backend(self, model: str, kind: BatchKind) -> tuple[ModelEntry, ModelBackend]:
         entry = self.catalog.resolve_for(model, kind)
         return entry, await self.pool.get(entry.name)
 
-    async def generate(self, model: str, request: GenerateRequest) -> GenerateResult:
-        """One GenerateContentResponse. Raises NotFound (unknown model), InvalidArgument
-        (wrong kind of model, or a field this model cannot honour) or a BackendError."""
+    async def generate(
+        self, model: str, request: GenerateRequest, *, tenant: str | None = None
+    ) -> GenerateResult:
+        """One GenerateContentResponse. Raises NotFound (unknown model, or a ``fileData``
+        file ``tenant`` does not have), InvalidArgument (wrong kind of model, or a field
+        this model cannot honour) or a BackendError."""
         entry, backend = await self._backend(model, BatchKind.GENERATE)
         try:
             check_generate(request, backend.capabilities)
         except RequestRejected as exc:
             raise InvalidArgument(exc.message) from None
+        if tenant is not None and self.read_file is not None and has_file_parts(request):
+            request = await resolve_file_parts(request, reader_for(self.read_file, tenant))
         # The model's defaults fill what the request leaves unset; no seed is derived:
         # like Gemini, a synchronous call without a seed draws afresh.
         request = apply_defaults(request, entry.generation_defaults)

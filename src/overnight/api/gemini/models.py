@@ -161,11 +161,13 @@ def _generate_request(body: Any, prefix: str) -> GenerateRequest:
         raise InvalidArgument(exc.message.lstrip(".").replace("; .", "; ")) from None
 
 
-async def _generate(model: str, request: Request, services: ServicesDep) -> dict[str, Any]:
+async def _generate(
+    model: str, request: Request, services: ServicesDep, tenant: str
+) -> dict[str, Any]:
     body = await read_json_object(request)
     check_known(body, GENERATE_REQUEST)
     parsed = _generate_request(body, "GenerateContentRequest")
-    result = await services.generation.generate(model, parsed)
+    result = await services.generation.generate(model, parsed, tenant=tenant)
     return result.to_wire(new_id(20))
 
 
@@ -175,9 +177,9 @@ async def _generate(model: str, request: Request, services: ServicesDep) -> dict
     openapi_extra=json_body("GenerateContentRequest"),
 )
 async def generate_content(
-    version: VersionDep, model: str, request: Request, services: ServicesDep, _: TenantDep
+    version: VersionDep, model: str, request: Request, services: ServicesDep, tenant: TenantDep
 ) -> Response:
-    return _json(await _generate(model, request, services))
+    return _json(await _generate(model, request, services, tenant))
 
 
 @router.post(
@@ -200,11 +202,11 @@ async def stream_generate_content(
     model: str,
     request: Request,
     services: ServicesDep,
-    _: TenantDep,
+    tenant: TenantDep,
     alt: str | None = None,
 ) -> Response:
     """The whole response as one chunk: one SSE frame with ``alt=sse``, else a JSON array."""
-    response = await _generate(model, request, services)
+    response = await _generate(model, request, services, tenant)
     if alt != "sse":
         return _json([response])
     frame = b"data: " + orjson.dumps(response) + b"\r\n\r\n"
