@@ -14,43 +14,23 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google import genai
 from google.genai import errors, types
-from tests.serving import FAKE_MODELS, running_server
 
-CONFIG = FAKE_MODELS + '[aliases]\n"gemini-*" = "echo"\n"gemini-embedding-*" = "echo"\n'
 MODEL_ID = "gemini-3.6-flash"  # the notebook's default choice
 ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-_real_sleep = time.sleep
 
-pytestmark = pytest.mark.filterwarnings(r"ignore:batches.create_embeddings\(\) is experimental")
-
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(time, "sleep", lambda seconds: _real_sleep(min(seconds, 0.05)))
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("cookbook"), config=CONFIG) as base:
-        yield base
-
-
-@pytest.fixture(params=["default", "v1beta"])
-def client(request: pytest.FixtureRequest, base_url: str) -> genai.Client:
-    http_options: dict[str, Any] = {"base_url": base_url}
-    if request.param != "default":
-        http_options["api_version"] = request.param
-    return genai.Client(api_key="x", http_options=http_options)
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:batches.create_embeddings\(\) is experimental"),
+    pytest.mark.usefixtures("quick_polls"),  # the notebook polls every 30 s
+]
 
 
 def poll(client: genai.Client, job_name: str) -> types.BatchJob:

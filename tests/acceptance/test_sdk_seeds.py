@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from google import genai
 from google.genai import errors, types
-from tests.serving import FAKE_MODELS, running_server
-
-FAKE_WITH_GEMINI_ALIASES = (
-    FAKE_MODELS + '[aliases]\n"gemini-*" = "echo"\n"gemini-embedding-*" = "echo"\n'
-)
+from tests.serving import running_server
 
 completed = {
     "JOB_STATE_SUCCEEDED",
@@ -30,31 +24,10 @@ completed = {
     "JOB_STATE_EXPIRED",
 }
 
-_real_sleep = time.sleep
-
-pytestmark = pytest.mark.filterwarnings(r"ignore:batches.create_embeddings\(\) is experimental")
-
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The articles poll every 30 s; the fake model answers in milliseconds."""
-    monkeypatch.setattr(time, "sleep", lambda seconds: _real_sleep(min(seconds, 0.05)))
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(
-        tmp_path_factory.mktemp("sdk-seeds"), config=FAKE_WITH_GEMINI_ALIASES
-    ) as base:
-        yield base
-
-
-@pytest.fixture(params=["default", "v1beta"])
-def client(request: pytest.FixtureRequest, base_url: str) -> genai.Client:
-    http_options: dict[str, Any] = {"base_url": base_url}
-    if request.param != "default":
-        http_options["api_version"] = request.param
-    return genai.Client(api_key="x", http_options=http_options)
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:batches.create_embeddings\(\) is experimental"),
+    pytest.mark.usefixtures("quick_polls"),  # the articles poll every 30 s
+]
 
 
 def wait(client: genai.Client, job_name: str) -> types.BatchJob:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from overnight import __version__
+from overnight.cli.remote import DEFAULT_SERVER, ApiKey, ServerUrl, call_server
 from overnight.cli.webhooks import app as webhooks_app
 from overnight.config import Settings, load_settings
 from overnight.domain.batches import BatchKind
@@ -265,40 +266,6 @@ def show(
     Console().print(render_results(results, width=width))
 
 
-ServerUrl = Annotated[
-    str,
-    typer.Option(
-        "--server",
-        envvar="OVERNIGHT_SERVER_URL",
-        help="Base URL of a running `overnight serve`. Default: $OVERNIGHT_SERVER_URL or "
-        "http://127.0.0.1:8080.",
-    ),
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        help="API key, if the server requires one. Default: $OVERNIGHT_API_KEY, "
-        "$GEMINI_API_KEY or $GOOGLE_API_KEY.",
-        show_default=False,
-    ),
-]
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-
-
-def _client_call(server: str, api_key: str | None, use: Any) -> Any:
-    """Run ``use(client)``; a server error or an unreachable server exits 1 with its message."""
-    from overnight.cli.client import OvernightClient, default_api_key
-
-    try:
-        with OvernightClient(server, api_key or default_api_key()) as client:
-            return use(client)
-    except OvernightError as exc:
-        raise _fail(exc, 1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
 @app.command()
 def submit(
     input: Annotated[Path, typer.Argument(help='JSONL file: one {"key", "request"} per line.')],
@@ -332,7 +299,7 @@ def submit(
             return "SUCCEEDED"
         return state_of(wait_for(client, operation["name"], console))
 
-    state = _client_call(server, api_key, use)
+    state = call_server(server, api_key, use)
     if state != "SUCCEEDED":
         console.print(f"[bold red]Batch ended {state}.[/] See `overnight status`.")
         raise typer.Exit(1)
@@ -347,7 +314,7 @@ def status(
     """Show a batch's state, counters and results file."""
     from overnight.cli.client import describe
 
-    operation = _client_call(server, api_key, lambda client: client.get_batch(batch))
+    operation = call_server(server, api_key, lambda client: client.get_batch(batch))
     Console().print(describe(operation))
 
 
@@ -363,7 +330,7 @@ def list_batches(
     """List batches on the server, newest first."""
     from overnight.cli.client import batches_table
 
-    listing = _client_call(
+    listing = call_server(
         server, api_key, lambda client: client.list_batches(page_size, page_token)
     )
     out = Console()
@@ -384,7 +351,7 @@ def results(
     """Download a finished batch's results (JSONL, one line per key) to OUTPUT."""
     from overnight.cli.client import results_to
 
-    console.print(_client_call(server, api_key, lambda client: results_to(client, batch, output)))
+    console.print(call_server(server, api_key, lambda client: results_to(client, batch, output)))
 
 
 @app.command()
@@ -400,7 +367,7 @@ def cancel(
         client.cancel_batch(batch)
         return state_of(client.get_batch(batch))
 
-    state = _client_call(server, api_key, use)
+    state = call_server(server, api_key, use)
     console.print(f"{batch_name(batch)}: cancel requested; state {state}")
 
 

@@ -7,20 +7,14 @@ signing secret: the only time the server shows it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from overnight.errors import OvernightError
-
-if TYPE_CHECKING:  # the HTTP client is imported when a command runs, not at start-up
-    from overnight.cli.client import OvernightClient
-
-T = TypeVar("T")
+from overnight.cli.remote import DEFAULT_SERVER, ApiKey, ServerUrl, call_server
 
 app = typer.Typer(
     help="Webhooks: POST a signed event (Standard Webhooks) when a batch ends. "
@@ -34,37 +28,6 @@ EVENTS_HELP = (
     "An event to subscribe to (repeat for more): batch.succeeded, batch.failed, "
     "batch.expired, batch.cancelled."
 )
-ServerUrl = Annotated[
-    str,
-    typer.Option(
-        "--server",
-        envvar="OVERNIGHT_SERVER_URL",
-        help="Base URL of a running `overnight serve`. Default: $OVERNIGHT_SERVER_URL or "
-        "http://127.0.0.1:8080.",
-    ),
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        help="API key, if the server requires one. Default: $OVERNIGHT_API_KEY, "
-        "$GEMINI_API_KEY or $GOOGLE_API_KEY.",
-        show_default=False,
-    ),
-]
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-
-
-def _call(server: str, api_key: str | None, use: Callable[[OvernightClient], T]) -> T:
-    """Run ``use(client)``; a server error or an unreachable server exits 1 with its message."""
-    from overnight.cli.client import OvernightClient, default_api_key
-
-    try:
-        with OvernightClient(server, api_key or default_api_key()) as client:
-            return use(client)
-    except OvernightError as exc:
-        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def _path(webhook_id: str) -> str:
@@ -109,7 +72,7 @@ def create(
     body: dict[str, Any] = {"uri": uri, "subscribed_events": event}
     if name:
         body["name"] = name
-    webhook = _call(server, api_key, lambda c: c._json("POST", "webhooks", body))
+    webhook = call_server(server, api_key, lambda c: c._json("POST", "webhooks", body))
     console.print(describe(webhook))
     console.print("Signing secret (shown only now; verify deliveries with it):", highlight=False)
     print(webhook.get("new_signing_secret", ""))
@@ -123,7 +86,7 @@ def list_webhooks(
     api_key: ApiKey = None,
 ) -> None:
     """Your webhooks, newest first."""
-    listing = _call(
+    listing = call_server(
         server,
         api_key,
         lambda c: c._json("GET", "webhooks", page_size=page_size, page_token=page_token),
@@ -151,7 +114,7 @@ def get(
     api_key: ApiKey = None,
 ) -> None:
     """One webhook: uri, events, state and its secrets (truncated)."""
-    out.print(describe(_call(server, api_key, lambda c: c._json("GET", _path(webhook_id)))))
+    out.print(describe(call_server(server, api_key, lambda c: c._json("GET", _path(webhook_id)))))
 
 
 @app.command("update")
@@ -191,7 +154,7 @@ def update(
         )
         raise typer.Exit(2)
     mask = ",".join(body)
-    webhook = _call(
+    webhook = call_server(
         server, api_key, lambda c: c._json("PATCH", _path(webhook_id), body, update_mask=mask)
     )
     out.print(describe(webhook))
@@ -204,7 +167,7 @@ def remove(
     api_key: ApiKey = None,
 ) -> None:
     """Delete a webhook; events not yet delivered to it are dropped."""
-    _call(server, api_key, lambda c: c._json("DELETE", _path(webhook_id)))
+    call_server(server, api_key, lambda c: c._json("DELETE", _path(webhook_id)))
     console.print(f"deleted webhook {webhook_id.removeprefix('webhooks/')}", highlight=False)
 
 
@@ -215,7 +178,7 @@ def ping(
     api_key: ApiKey = None,
 ) -> None:
     """Send it a signed webhook.ping event (delivered and retried like any event)."""
-    _call(server, api_key, lambda c: c._json("POST", f"{_path(webhook_id)}:ping"))
+    call_server(server, api_key, lambda c: c._json("POST", f"{_path(webhook_id)}:ping"))
     console.print("ping queued", highlight=False)
 
 
@@ -233,7 +196,7 @@ def rotate_secret(
     behavior = (
         "revoke_previous_secrets_immediately" if revoke_now else "revoke_previous_secrets_after_h24"
     )
-    answer = _call(
+    answer = call_server(
         server,
         api_key,
         lambda c: c._json(
@@ -246,5 +209,5 @@ def rotate_secret(
 @app.command("dynamic-secret")
 def dynamic_secret(server: ServerUrl = DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """The secret that signs deliveries to your batches' own webhookConfig URIs."""
-    answer = _call(server, api_key, lambda c: c._json("GET", "webhooks:dynamicSigningSecret"))
+    answer = call_server(server, api_key, lambda c: c._json("GET", "webhooks:dynamicSigningSecret"))
     print(answer.get("secret", ""))
